@@ -1,0 +1,222 @@
+"""The gateway's configuration: a TOML file, environment overrides, and the embedded demo.
+
+A wrong file is reported with its path, the line and the key (``gateway.toml:12:
+instances[1].latency_ms: ...``), because whoever edits it needs to find the spot, not a stack
+trace. Precedence is command line, then environment (``PRIVACY_GATEWAY_*``), then file, then
+defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from service.settings import FIELDS
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+ENV_PREFIX = "PRIVACY_GATEWAY_"
+
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+HostPort = Annotated[str, StringConstraints(pattern=r"^(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d{1,5}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class AccountConfig(_Strict):
+    name: Name
+    #: SHA-256 (hex) of the account token: it may act on every instance of the account.
+    token_sha256: Sha256Hex
+
+
+class SimulatedSettings(_Strict):
+    """Initial settings of a simulated account, in the REST contract's spelling."""
+
+    last_seen: str | None = None
+    status: str | None = None
+    profile: str | None = None
+    online: str | None = None
+    read_receipts: str | None = None
+    call_add: str | None = None
+    group_add: str | None = None
+
+    @model_validator(mode="after")
+    def _values_known(self) -> SimulatedSettings:
+        for spec in FIELDS:
+            value = getattr(self, spec.proto_name)
+            if value is not None and value not in spec.values:
+                valid = ", ".join(spec.values)
+                raise ValueError(f"{spec.proto_name}: {value!r} is not one of {valid}")
+        return self
+
+
+class InstanceConfig(_Strict):
+    name: Name
+    account: Name
+    #: SHA-256 (hex) of an instance token, which may act on this instance only.
+    token_sha256: Sha256Hex | None = None
+    session: Literal["simulated"] = "simulated"
+    #: Round trip of each simulated stanza.
+    latency_ms: Annotated[int, Field(ge=0, le=60_000)] = 0
+    #: Initial settings of a simulated account (unset fields take WhatsApp's defaults).
+    settings: SimulatedSettings = SimulatedSettings()
+
+
+class GatewayConfig(_Strict):
+    listen: HostPort = DEFAULT_LISTEN
+    #: Calls a minute per token; 0 turns the limit off.
+    rate_limit_per_minute: Annotated[int, Field(ge=0)] = 100
+    #: How long in-flight calls may run on after SIGTERM or SIGINT.
+    shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 10.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    accounts: list[AccountConfig] = []
+    instances: list[InstanceConfig] = []
+
+    @model_validator(mode="after")
+    def _references(self) -> GatewayConfig:
+        accounts = [a.name for a in self.accounts]
+        _unique("accounts", accounts)
+        _unique("instances", [i.name for i in self.instances])
+        for index, instance in enumerate(self.instances):
+            if instance.account not in accounts:
+                known = ", ".join(accounts) or "none"
+                raise _ReferenceError(
+                    ("instances", index, "account"),
+                    f"unknown account {instance.account!r} (configured: {known})",
+                )
+        return self
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message says where and why."""
+
+
+class _ReferenceError(ValueError):
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def _unique(section: str, names: Sequence[str]) -> None:
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        if name in seen:
+            raise _ReferenceError((section, index, "name"), f"duplicate name {name!r}")
+        seen.add(name)
+
+
+def load(path: Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Reads ``path`` and applies environment overrides."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return _validate(raw, env, path, text)
+
+
+def from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """A configuration from already-parsed data (the embedded demo, tests)."""
+    return _validate(dict(raw), env, None, "")
+
+
+def _validate(
+    raw: dict[str, Any], env: Mapping[str, str] | None, path: Path | None, text: str
+) -> GatewayConfig:
+    raw = {**raw, **_env_overrides(os.environ if env is None else env)}
+    where = str(path) if path else "configuration"
+    try:
+        return GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc: tuple[str | int, ...] = tuple(error["loc"])
+        message = error["msg"]
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, _ReferenceError):
+            loc, message = cause.loc, str(cause)
+        line = _line_of(text, loc)
+        prefix = f"{where}:{line}" if line else where
+        raise ConfigError(f"{prefix}: {_dotted(loc)}: {message}") from exc
+
+
+_ENV_KEYS = {
+    "LISTEN": "listen",
+    "RATE_LIMIT_PER_MINUTE": "rate_limit_per_minute",
+    "LOG_LEVEL": "log_level",
+    "SHUTDOWN_GRACE_SECONDS": "shutdown_grace_seconds",
+}
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for suffix, key in _ENV_KEYS.items():
+        value = env.get(ENV_PREFIX + suffix)
+        if value is None:
+            continue
+        if key == "rate_limit_per_minute":
+            overrides[key] = _env_number(suffix, value, int)
+        elif key == "shutdown_grace_seconds":
+            overrides[key] = _env_number(suffix, value, float)
+        else:
+            overrides[key] = value
+    return overrides
+
+
+def _env_number(suffix: str, value: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{suffix}: {value!r} is not a number") from None
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _line_of(text: str, loc: tuple[str | int, ...]) -> int | None:
+    """The 1-based line of the key at ``loc`` in a TOML text, or of its table when it is absent."""
+    if not text:
+        return None
+    lines = text.splitlines()
+    start, end, keys = 0, len(lines), [k for k in loc if isinstance(k, str)]
+    if len(loc) >= 2 and isinstance(loc[0], str) and isinstance(loc[1], int):
+        headers = [i for i, line in enumerate(lines) if line.strip() == f"[[{loc[0]}]]"]
+        if loc[1] < len(headers):
+            start = headers[loc[1]]
+            end = next(
+                (i for i in range(start + 1, len(lines)) if _is_header(lines[i])), len(lines)
+            )
+            keys = keys[1:]
+    else:
+        end = next((i for i in range(len(lines)) if _is_header(lines[i])), len(lines))
+    if keys:
+        pattern = re.compile(rf"^\s*{re.escape(keys[0])}\s*=")
+        for i in range(start, end):
+            if pattern.match(lines[i]):
+                return i + 1
+    return start + 1 if start or len(loc) >= 2 else None
+
+
+def _is_header(line: str) -> bool:
+    return line.lstrip().startswith("[")

@@ -1,0 +1,159 @@
+"""Between the wire contract's messages and the domain's plain data.
+
+The enum numbers are looked up by name from the generated descriptors, using the field table:
+a value ``contact_blacklist`` of a field whose enum is ``VisibilityValue`` is
+``VISIBILITY_VALUE_CONTACT_BLACKLIST``. Building the maps fails at import if the proto and the
+table ever disagree, so a mismatch cannot reach a caller.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from google.protobuf.descriptor import EnumDescriptor
+from google.protobuf.duration_pb2 import Duration
+
+from service.engine import Event, FieldEvent, FieldState, Plan, Snapshot
+from service.errors import Code, GatewayError, Violation
+from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
+from service.proto.wagateway.privacy.v1 import settings_pb2 as settings_pb
+from service.settings import FIELDS, Field, FieldSpec, Settings
+
+
+def enum_prefix(enum_name: str) -> str:
+    """``VisibilityValue`` -> ``VISIBILITY_VALUE_`` (buf's ENUM_VALUE_PREFIX rule)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", enum_name).upper() + "_"
+
+
+def _value_numbers(spec: FieldSpec) -> dict[str, int]:
+    enum: EnumDescriptor = settings_pb.DESCRIPTOR.enum_types_by_name[spec.proto_enum]
+    prefix = enum_prefix(enum.name)
+    numbers = {v: enum.values_by_name[prefix + v.upper()].number for v in spec.values}
+    proto_values = {v.name for v in enum.values if v.number != 0}
+    if proto_values != {prefix + v.upper() for v in spec.values}:
+        raise RuntimeError(f"{enum.name} does not match the field table for {spec.proto_path}")
+    return numbers
+
+
+def _oneof_member(spec: FieldSpec) -> str:
+    for member in settings_pb.FieldValue.DESCRIPTOR.oneofs_by_name["value"].fields:
+        if member.enum_type is not None and member.enum_type.name == spec.proto_enum:
+            return str(member.name)
+    raise RuntimeError(f"FieldValue has no member for {spec.proto_enum}")
+
+
+_TO_NUMBER: Mapping[Field, Mapping[str, int]] = {s.field: _value_numbers(s) for s in FIELDS}
+_FROM_NUMBER: Mapping[Field, Mapping[int, str]] = {
+    f: {n: v for v, n in numbers.items()} for f, numbers in _TO_NUMBER.items()
+}
+_ONEOF: Mapping[Field, str] = {s.field: _oneof_member(s) for s in FIELDS}
+_FIELD_NUMBER: Mapping[Field, settings_pb.PrivacyField.ValueType] = {
+    s.field: settings_pb.PrivacyField.Value(f"PRIVACY_FIELD_{s.field.name}") for s in FIELDS
+}
+_STATE: Mapping[FieldState, pb.FieldState.ValueType] = {
+    s: pb.FieldState.Value(f"FIELD_STATE_{s.name}") for s in FieldState
+}
+
+
+def valid_value_names(spec: FieldSpec) -> list[str]:
+    """The enum value names a caller may send for a field, in the table's order."""
+    prefix = enum_prefix(spec.proto_enum)
+    return [prefix + v.upper() for v in spec.values]
+
+
+def settings_to_proto(settings: Settings) -> settings_pb.PrivacySettings:
+    message = settings_pb.PrivacySettings()
+    for field, value in settings.items():
+        spec = field.spec
+        setattr(getattr(message, spec.section), spec.proto_name, _TO_NUMBER[field][value])
+    return message
+
+
+def requested_from_proto(message: settings_pb.PrivacySettings) -> dict[Field, str]:
+    """The fields a request sets; raises INVALID_ARGUMENT for numbers outside a value set.
+
+    Every invalid field is listed in the BadRequest details; the message names the first in
+    canonical order, as the REST contract's validation does.
+    """
+    requested: dict[Field, str] = {}
+    violations: list[Violation] = []
+    for spec in FIELDS:
+        number: int = getattr(getattr(message, spec.section), spec.proto_name)
+        if number == 0:
+            continue
+        value = _FROM_NUMBER[spec.field].get(number)
+        if value is None:
+            valid = ", ".join(valid_value_names(spec))
+            violations.append(
+                Violation(
+                    f"settings.{spec.proto_path}",
+                    f"Invalid settings.{spec.proto_path} value: {number}. Valid values: {valid}",
+                )
+            )
+        else:
+            requested[spec.field] = value
+    if violations:
+        raise GatewayError(
+            Code.INVALID_ARGUMENT,
+            violations[0].description,
+            "INVALID_VALUE",
+            {"field": violations[0].field},
+            tuple(violations),
+        )
+    return requested
+
+
+def field_value(field: Field, value: str) -> settings_pb.FieldValue:
+    message = settings_pb.FieldValue()
+    setattr(message, _ONEOF[field], _TO_NUMBER[field][value])
+    return message
+
+
+def field_update(event: FieldEvent) -> pb.FieldUpdate:
+    message = pb.FieldUpdate(
+        field=_FIELD_NUMBER[event.field],
+        state=_STATE[event.state],
+        value=field_value(event.field, event.value),
+        previous=field_value(event.field, event.previous),
+        error=event.error or "",
+    )
+    if event.elapsed is not None:
+        message.elapsed.CopyFrom(_duration(event.elapsed))
+    return message
+
+
+def plan_to_proto(plan: Plan) -> pb.UpdatePlan:
+    return pb.UpdatePlan(
+        fields=[
+            pb.PlannedField(
+                field=_FIELD_NUMBER[step.field],
+                current=field_value(step.field, step.current),
+                target=field_value(step.field, step.target),
+                changes=step.changes,
+            )
+            for step in plan.steps
+        ],
+        stanzas=plan.stanzas,
+    )
+
+
+def update_response(snapshot: Snapshot) -> pb.UpdatePrivacySettingsResponse:
+    return pb.UpdatePrivacySettingsResponse(
+        settings=settings_to_proto(snapshot.settings),
+        fields=[field_update(o) for o in snapshot.outcomes],
+    )
+
+
+def stream_message(event: Event) -> pb.StreamUpdatePrivacySettingsResponse:
+    if isinstance(event, Plan):
+        return pb.StreamUpdatePrivacySettingsResponse(plan=plan_to_proto(event))
+    if isinstance(event, FieldEvent):
+        return pb.StreamUpdatePrivacySettingsResponse(field=field_update(event))
+    return pb.StreamUpdatePrivacySettingsResponse(snapshot=settings_to_proto(event.settings))
+
+
+def _duration(seconds: float) -> Duration:
+    duration = Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration

@@ -1,0 +1,86 @@
+"""Assembles the gRPC server: the gateway's services, health, reflection, and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.auth import TokenRegistry
+from service.grpc.interceptors import GuardInterceptor
+from service.grpc.privacy_servicer import PrivacyServicer
+from service.instances import InstanceDirectory
+from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
+from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
+from service.ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (pb.DESCRIPTOR.services_by_name["PrivacyService"].full_name,)
+
+
+@dataclass
+class Gateway:
+    """Everything a running gateway serves from, independent of transport."""
+
+    instances: InstanceDirectory
+    tokens: TokenRegistry
+    limiter: RateLimiter
+
+
+@dataclass
+class RunningServer:
+    server: aio.Server
+    port: int
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace: float | None) -> None:
+        """Stops taking calls; in-flight calls may run for ``grace`` seconds more."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_server(gateway: Gateway, address: str) -> RunningServer:
+    """Binds ``address`` (port 0 picks a free one) and starts serving."""
+    server = aio.server(interceptors=[GuardInterceptor(gateway.tokens, gateway.limiter)])
+    pb_grpc.add_PrivacyServiceServicer_to_server(PrivacyServicer(gateway.instances), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    for name in (*SERVICE_NAMES, ""):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, health_servicer)
+
+
+async def serve_until_signalled(
+    gateway: Gateway,
+    address: str,
+    grace: float,
+    on_ready: Callable[[RunningServer], Awaitable[None] | None] | None = None,
+) -> None:
+    """Serves until SIGTERM or SIGINT, then lets in-flight calls finish within ``grace``."""
+    running = await start_server(gateway, address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    if on_ready is not None:
+        result = on_ready(running)
+        if result is not None:
+            await result
+    await stop.wait()
+    log.info("shutting down: in-flight calls have %.1f s to finish", grace)
+    await running.stop(grace)
+    log.info("stopped")

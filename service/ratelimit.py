@@ -1,0 +1,42 @@
+"""Requests per minute per token (the REST contract's global limit: 100 a minute).
+
+A moving window, so a caller cannot burst twice the limit across a minute boundary. The limiter
+is in memory: the limit is per gateway process, which is what a single-process gateway serves.
+"""
+
+from __future__ import annotations
+
+import time
+
+from limits import RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from service.errors import Code, GatewayError
+
+DEFAULT_PER_MINUTE = 100
+
+
+class RateLimiter:
+    """``per_minute`` requests a minute for each key; 0 turns the limit off."""
+
+    def __init__(self, per_minute: int = DEFAULT_PER_MINUTE) -> None:
+        if per_minute < 0:
+            raise ValueError("rate_limit_per_minute cannot be negative")
+        self.per_minute = per_minute
+        self._item = RateLimitItemPerMinute(per_minute) if per_minute else None
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def check(self, key: str) -> None:
+        """Counts one request for ``key``; raises RESOURCE_EXHAUSTED when over the limit."""
+        if self._item is None or self._limiter.hit(self._item, key):
+            return
+        reset_at = self._limiter.get_window_stats(self._item, key).reset_time
+        retry_after = max(0.0, reset_at - time.time())
+        raise GatewayError(
+            Code.RESOURCE_EXHAUSTED,
+            f"Rate limit exceeded: {self.per_minute} requests per minute",
+            "RATE_LIMITED",
+            {"limit_per_minute": str(self.per_minute)},
+            retry_after_seconds=retry_after,
+        )
