@@ -220,3 +220,15 @@ def _line_of(text: str, loc: tuple[str | int, ...]) -> int | None:
 
 def _is_header(line: str) -> bool:
     return line.lstrip().startswith("[")
+
+
+def with_overrides(config: GatewayConfig, overrides: Mapping[str, Any]) -> GatewayConfig:
+    """``config`` with command-line values in place (``--listen`` and kin)."""
+    if not overrides:
+        return config
+    try:
+        return GatewayConfig.model_validate({**config.model_dump(), **overrides})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        option = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "option"
+        raise ConfigError(f"{option}: {error['msg']}") from exc

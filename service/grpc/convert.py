@@ -51,9 +51,11 @@ _ONEOF: Mapping[Field, str] = {s.field: _oneof_member(s) for s in FIELDS}
 _FIELD_NUMBER: Mapping[Field, settings_pb.PrivacyField.ValueType] = {
     s.field: settings_pb.PrivacyField.Value(f"PRIVACY_FIELD_{s.field.name}") for s in FIELDS
 }
+_FIELD_BY_NUMBER: Mapping[int, Field] = {n: f for f, n in _FIELD_NUMBER.items()}
 _STATE: Mapping[FieldState, pb.FieldState.ValueType] = {
     s: pb.FieldState.Value(f"FIELD_STATE_{s.name}") for s in FieldState
 }
+_STATE_BY_NUMBER: Mapping[int, FieldState] = {n: s for s, n in _STATE.items()}
 
 
 def valid_value_names(spec: FieldSpec) -> list[str]:
@@ -68,6 +70,30 @@ def settings_to_proto(settings: Settings) -> settings_pb.PrivacySettings:
         spec = field.spec
         setattr(getattr(message, spec.section), spec.proto_name, _TO_NUMBER[field][value])
     return message
+
+
+def settings_from_proto(message: settings_pb.PrivacySettings) -> Settings:
+    """The fields a message sets to a known value (a client reading a snapshot)."""
+    values: dict[Field, str] = {}
+    for spec in FIELDS:
+        number: int = getattr(getattr(message, spec.section), spec.proto_name)
+        value = _FROM_NUMBER[spec.field].get(number)
+        if value is not None:
+            values[spec.field] = value
+    return Settings(values)
+
+
+def field_from_proto(number: int) -> Field:
+    return _FIELD_BY_NUMBER[number]
+
+
+def state_from_proto(number: int) -> FieldState:
+    return _STATE_BY_NUMBER[number]
+
+
+def value_from_proto(field: Field, message: settings_pb.FieldValue) -> str | None:
+    number: int = getattr(message, _ONEOF[field])
+    return _FROM_NUMBER[field].get(number)
 
 
 def requested_from_proto(message: settings_pb.PrivacySettings) -> dict[Field, str]:

@@ -1,0 +1,122 @@
+"""Client commands: call a running gateway and show what happens, field by field."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.grpc import convert
+from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
+from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
+from service.settings import FIELDS, Settings
+
+_STATE_WORDS = {
+    "STARTED": "sending",
+    "APPLIED": "applied",
+    "UNCHANGED": "unchanged (already set, no stanza)",
+    "FAILED": "FAILED",
+    "NOT_ATTEMPTED": "not attempted",
+}
+
+
+def get(args: argparse.Namespace) -> int:
+    with _channel(args) as (stub, metadata):
+        try:
+            response = stub.GetPrivacySettings(
+                pb.GetPrivacySettingsRequest(instance=args.instance), metadata=metadata
+            )
+        except grpc.RpcError as error:
+            return _report(error)
+    print_settings(convert.settings_from_proto(response.settings))
+    return 0
+
+
+def set_(args: argparse.Namespace) -> int:
+    requested = {spec.field: getattr(args, spec.proto_name) for spec in FIELDS}
+    wanted = Settings({f: v for f, v in requested.items() if v is not None})
+    if not wanted:
+        flags = " ".join(f"--{s.proto_name.replace('_', '-')}" for s in FIELDS)
+        print(f"privacy-gateway set: give at least one of {flags}", file=sys.stderr)
+        return 2
+    request = pb.StreamUpdatePrivacySettingsRequest(
+        instance=args.instance, settings=convert.settings_to_proto(wanted)
+    )
+    with _channel(args) as (stub, metadata):
+        try:
+            for message in stub.StreamUpdatePrivacySettings(request, metadata=metadata):
+                _print_event(message)
+        except grpc.RpcError as error:
+            return _report(error)
+    return 0
+
+
+def health(args: argparse.Namespace) -> int:
+    with grpc.insecure_channel(args.address) as channel:
+        # The published stubs for grpc_health leave HealthStub's methods out.
+        stub: Any = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        except grpc.RpcError as error:
+            return _report(error)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(status)
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def print_settings(settings: Settings, out: TextIO = sys.stdout) -> None:
+    """The settings as a table, in the field table's order."""
+    print(f"{'section':<12} {'field':<14} value", file=out)
+    for spec in FIELDS:
+        value = settings.get(spec.field, "(unknown)")
+        print(f"{spec.section:<12} {spec.proto_name:<14} {value}", file=out)
+
+
+def _print_event(message: pb.StreamUpdatePrivacySettingsResponse) -> None:
+    kind = message.WhichOneof("event")
+    if kind == "plan":
+        plan = message.plan
+        print(f"plan: {len(plan.fields)} field(s), {plan.stanzas} stanza(s) to send", flush=True)
+        for step in plan.fields:
+            field = convert.field_from_proto(step.field)
+            current = convert.value_from_proto(field, step.current)
+            target = convert.value_from_proto(field, step.target)
+            print(f"  {field.value:<14} {current} -> {target}", flush=True)
+    elif kind == "field":
+        update = message.field
+        field = convert.field_from_proto(update.field)
+        state = convert.state_from_proto(update.state).name
+        line = f"{field.value:<14} {_STATE_WORDS[state]}"
+        if state in {"APPLIED", "FAILED"}:
+            line += f" {convert.value_from_proto(field, update.value)}"
+            line += f" ({update.elapsed.ToMilliseconds()} ms)"
+        if update.error and state != "NOT_ATTEMPTED":
+            line += f": {update.error}"
+        print(line, flush=True)
+    elif kind == "snapshot":
+        print("\nsettings now:")
+        print_settings(convert.settings_from_proto(message.snapshot))
+
+
+def _report(error: grpc.RpcError) -> int:
+    code = error.code() if isinstance(error, grpc.Call) else None
+    details = error.details() if isinstance(error, grpc.Call) else str(error)
+    print(f"error: {code.name if code else 'UNKNOWN'}: {details}", file=sys.stderr)
+    return 1
+
+
+@contextmanager
+def _channel(
+    args: argparse.Namespace,
+) -> Iterator[tuple[pb_grpc.PrivacyServiceStub, tuple[tuple[str, str], ...]]]:
+    """A stub on a channel to the gateway, and the token metadata for calls on it."""
+    if not args.token:
+        print("privacy-gateway: --token (or PRIVACY_GATEWAY_TOKEN) is required", file=sys.stderr)
+        raise SystemExit(2)
+    with grpc.insecure_channel(args.address) as channel:
+        yield pb_grpc.PrivacyServiceStub(channel), (("token", str(args.token)),)

@@ -1,0 +1,148 @@
+"""``privacy-gateway``: run the gateway, or call a running one."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from service import config as config_module
+from service.auth import hash_token, new_token
+from service.cli import client
+from service.settings import FIELDS
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.run(args)
+    except config_module.ConfigError as exc:
+        print(f"privacy-gateway: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="privacy-gateway",
+        description="Change the privacy settings of linked WhatsApp accounts over gRPC.",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway (with no config: a demo instance on a simulated session)",
+    )
+    serve.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get(config_module.ENV_PREFIX + "CONFIG"),
+        help="TOML configuration file (env PRIVACY_GATEWAY_CONFIG); none runs the demo",
+    )
+    serve.add_argument("--listen", metavar="HOST:PORT", help=f"default {DEFAULT_ADDRESS}")
+    serve.add_argument("--rate-limit-per-minute", type=int, metavar="N", help="0 turns it off")
+    serve.add_argument("--demo-token", metavar="T", help="demo only: use this token")
+    serve.add_argument(
+        "--demo-latency-ms", type=int, metavar="N", help="demo only: simulated stanza latency"
+    )
+    serve.set_defaults(run=_serve)
+
+    token = commands.add_parser("token", help="make a new token and print it with its SHA-256")
+    token.set_defaults(run=_token)
+
+    get = commands.add_parser("get", help="print an instance's settings")
+    get.add_argument("instance")
+    _client_options(get)
+    get.set_defaults(run=client.get)
+
+    set_ = commands.add_parser("set", help="change settings, showing each field's progress")
+    set_.add_argument("instance")
+    for spec in FIELDS:
+        set_.add_argument(
+            f"--{spec.proto_name.replace('_', '-')}",
+            dest=spec.proto_name,
+            choices=spec.values,
+            help=f"{spec.section}.{spec.proto_name}",
+        )
+    _client_options(set_)
+    set_.set_defaults(run=client.set_)
+
+    health = commands.add_parser("health", help="exit 0 when the gateway reports SERVING")
+    health.add_argument("--address", default=_env_address(), help="gateway address")
+    health.set_defaults(run=client.health)
+    return parser
+
+
+def _env_address() -> str:
+    return os.environ.get(config_module.ENV_PREFIX + "ADDRESS", DEFAULT_ADDRESS)
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address", default=_env_address(), help="gateway address (env PRIVACY_GATEWAY_ADDRESS)"
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(config_module.ENV_PREFIX + "TOKEN"),
+        help="account or instance token (env PRIVACY_GATEWAY_TOKEN)",
+    )
+
+
+def _token(args: argparse.Namespace) -> int:
+    token = new_token()
+    print(f"token:        {token}")
+    print(f"token_sha256: {hash_token(token)}")
+    print("Put token_sha256 in the configuration; give the token to the caller.")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from service import app  # noqa: PLC0415 - keeps client commands light
+    from service.grpc.server import RunningServer, serve_until_signalled  # noqa: PLC0415
+
+    demo: app.Demo | None = None
+    if args.config is not None:
+        if args.demo_token or args.demo_latency_ms is not None:
+            raise config_module.ConfigError("--demo-* options apply only without --config")
+        cfg = config_module.load(Path(args.config))
+    else:
+        latency = app.DEMO_LATENCY_MS if args.demo_latency_ms is None else args.demo_latency_ms
+        demo = app.demo(args.demo_token, latency)
+        cfg = demo.config
+    overrides = {"listen": args.listen, "rate_limit_per_minute": args.rate_limit_per_minute}
+    cfg = config_module.with_overrides(cfg, {k: v for k, v in overrides.items() if v is not None})
+    logging.basicConfig(
+        level=cfg.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    gateway = app.build_gateway(cfg)
+
+    def ready(running: RunningServer) -> None:
+        host = cfg.listen.rsplit(":", 1)[0]
+        print(f"privacy-gateway: gRPC listening on {host}:{running.port}", flush=True)
+        if demo is not None:
+            print(
+                f"demo instance 'demo' on a simulated WhatsApp session "
+                f"({cfg.instances[0].latency_ms} ms per stanza)\n"
+                f"demo token: {demo.token}\n"
+                f"try:  privacy-gateway set demo --last-seen none --read-receipts none "
+                f"--address {host}:{running.port} --token {demo.token}",
+                flush=True,
+            )
+
+    asyncio.run(serve_until_signalled(gateway, cfg.listen, cfg.shutdown_grace_seconds, ready))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
