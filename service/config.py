@@ -21,10 +21,12 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
-from service.settings import FIELDS
+from service.settings import Field as SettingField
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 ENV_PREFIX = "PRIVACY_GATEWAY_"
@@ -55,14 +57,13 @@ class SimulatedSettings(_Strict):
     call_add: str | None = None
     group_add: str | None = None
 
-    @model_validator(mode="after")
-    def _values_known(self) -> SimulatedSettings:
-        for spec in FIELDS:
-            value = getattr(self, spec.proto_name)
-            if value is not None and value not in spec.values:
-                valid = ", ".join(spec.values)
-                raise ValueError(f"{spec.proto_name}: {value!r} is not one of {valid}")
-        return self
+    @field_validator("*")
+    @classmethod
+    def _value_known(cls, value: str | None, info: ValidationInfo) -> str | None:
+        spec = SettingField(info.field_name).spec
+        if value is not None and value not in spec.values:
+            raise ValueError(f"{value!r} is not one of {', '.join(spec.values)}")
+        return value
 
 
 class InstanceConfig(_Strict):
@@ -141,18 +142,20 @@ def from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -
 def _validate(
     raw: dict[str, Any], env: Mapping[str, str] | None, path: Path | None, text: str
 ) -> GatewayConfig:
-    raw = {**raw, **_env_overrides(os.environ if env is None else env)}
+    overrides = _env_overrides(os.environ if env is None else env)
     where = str(path) if path else "configuration"
     try:
-        return GatewayConfig.model_validate(raw)
+        return GatewayConfig.model_validate({**raw, **{k: v for k, (_, v) in overrides.items()}})
     except ValidationError as exc:
         error = exc.errors()[0]
         loc: tuple[str | int, ...] = tuple(error["loc"])
-        message = error["msg"]
+        message = error["msg"].removeprefix("Value error, ")
         cause = error.get("ctx", {}).get("error")
         if isinstance(cause, _ReferenceError):
             loc, message = cause.loc, str(cause)
-        line = _line_of(text, loc)
+        if loc and loc[0] in overrides:
+            raise ConfigError(f"{overrides[str(loc[0])][0]}: {message}") from exc
+        line = _lines_of_keys(text).get(_nearest_known(text, loc))
         prefix = f"{where}:{line}" if line else where
         raise ConfigError(f"{prefix}: {_dotted(loc)}: {message}") from exc
 
@@ -165,18 +168,18 @@ _ENV_KEYS = {
 }
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
+def _env_overrides(env: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
+    """Config key -> (environment variable, value) for each variable that is set."""
+    overrides: dict[str, tuple[str, Any]] = {}
     for suffix, key in _ENV_KEYS.items():
-        value = env.get(ENV_PREFIX + suffix)
+        value: Any = env.get(ENV_PREFIX + suffix)
         if value is None:
             continue
         if key == "rate_limit_per_minute":
-            overrides[key] = _env_number(suffix, value, int)
+            value = _env_number(suffix, value, int)
         elif key == "shutdown_grace_seconds":
-            overrides[key] = _env_number(suffix, value, float)
-        else:
-            overrides[key] = value
+            value = _env_number(suffix, value, float)
+        overrides[key] = (ENV_PREFIX + suffix, value)
     return overrides
 
 
@@ -194,32 +197,47 @@ def _dotted(loc: tuple[str | int, ...]) -> str:
     return out
 
 
-def _line_of(text: str, loc: tuple[str | int, ...]) -> int | None:
-    """The 1-based line of the key at ``loc`` in a TOML text, or of its table when it is absent."""
-    if not text:
-        return None
-    lines = text.splitlines()
-    start, end, keys = 0, len(lines), [k for k in loc if isinstance(k, str)]
-    if len(loc) >= 2 and isinstance(loc[0], str) and isinstance(loc[1], int):
-        headers = [i for i, line in enumerate(lines) if line.strip() == f"[[{loc[0]}]]"]
-        if loc[1] < len(headers):
-            start = headers[loc[1]]
-            end = next(
-                (i for i in range(start + 1, len(lines)) if _is_header(lines[i])), len(lines)
-            )
-            keys = keys[1:]
-    else:
-        end = next((i for i in range(len(lines)) if _is_header(lines[i])), len(lines))
-    if keys:
-        pattern = re.compile(rf"^\s*{re.escape(keys[0])}\s*=")
-        for i in range(start, end):
-            if pattern.match(lines[i]):
-                return i + 1
-    return start + 1 if start or len(loc) >= 2 else None
+_HEADER = re.compile(r"^\s*(\[\[|\[)\s*([\w.\-\s\"']+?)\s*(\]\]|\])\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([\w\-]+)\s*=")
 
 
-def _is_header(line: str) -> bool:
-    return line.lstrip().startswith("[")
+def _lines_of_keys(text: str) -> dict[tuple[str | int, ...], int]:
+    """Where each table and key of a TOML text is, by its path (``("instances", 1, "name")``).
+
+    Good enough for the files this gateway reads: tables, arrays of tables and their sub-tables,
+    and plain keys. tomllib reports no positions of its own, and an error without a line sends
+    whoever edits the file hunting.
+    """
+    lines: dict[tuple[str | int, ...], int] = {}
+    counts: dict[str, int] = {}
+    table: tuple[str | int, ...] = ()
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header:
+            parts = [p.strip().strip("\"'") for p in header.group(2).split(".")]
+            if header.group(1) == "[[":
+                name = ".".join(parts)
+                counts[name] = counts.get(name, 0) + 1
+                table = (*parts, counts[name] - 1)
+            elif parts[0] in counts and len(parts) > 1:
+                table = (parts[0], counts[parts[0]] - 1, *parts[1:])
+            else:
+                table = tuple(parts)
+            lines.setdefault(table, number)
+            continue
+        key = _KEY.match(line)
+        if key:
+            lines.setdefault((*table, key.group(1)), number)
+    return lines
+
+
+def _nearest_known(text: str, loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """``loc`` itself when the text has it, else its longest prefix that it has (a table)."""
+    known = _lines_of_keys(text)
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in known:
+            return loc[:end]
+    return loc
 
 
 def with_overrides(config: GatewayConfig, overrides: Mapping[str, Any]) -> GatewayConfig:

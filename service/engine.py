@@ -140,36 +140,55 @@ async def update(
                 outcome = _not_attempted(step, stop_reason)
             else:
                 yield FieldEvent(step.field, FieldState.STARTED, step.target, step.current)
-                outcome, error = await _apply(instance, step)
+                outcome, error, answered = await _apply(instance, step)
+                current = answered or current
                 if error is not None:
                     failure, stop_reason = (step, error), f"{step.field.spec.rest_name} failed"
             outcomes.append(outcome)
             yield outcome
-        settings = await instance.session.read_settings()
+        settings = await _read_back(instance, current)
         snapshot = Snapshot(settings, tuple(outcomes))
         if failure is not None:
             snapshot = Snapshot(settings, snapshot.outcomes, _failed(instance, snapshot, *failure))
         yield snapshot
 
 
-async def _apply(instance: Instance, step: PlanStep) -> tuple[FieldEvent, SessionError | None]:
+async def _apply(
+    instance: Instance, step: PlanStep
+) -> tuple[FieldEvent, SessionError | None, Settings | None]:
+    """Sends one stanza: its outcome, the error if any, and the settings WhatsApp answered."""
     started = time.monotonic()
     stanza = asyncio.ensure_future(instance.session.set_setting(step.field, step.target))
     try:
-        await asyncio.shield(stanza)
+        answered = await asyncio.shield(stanza)
     except asyncio.CancelledError:
         # The caller went away: let the stanza in flight finish (WhatsApp applies it anyway), so
         # the session's state is settled before the next update takes the lock.
         await asyncio.wait([stanza])
         raise
     except SessionError as exc:
-        elapsed = time.monotonic() - started
+        # A stanza that could not even be sent has no round trip to report.
+        elapsed = None if exc.connection_lost else time.monotonic() - started
         failed = FieldEvent(
             step.field, FieldState.FAILED, step.target, step.current, elapsed, exc.reason
         )
-        return failed, exc
+        return failed, exc, None
     elapsed = time.monotonic() - started
-    return FieldEvent(step.field, FieldState.APPLIED, step.target, step.current, elapsed), None
+    applied = FieldEvent(step.field, FieldState.APPLIED, step.target, step.current, elapsed)
+    return applied, None, answered
+
+
+async def _read_back(instance: Instance, last_answer: Settings) -> Settings:
+    """The settings after an update: the session's, or else the last ones WhatsApp answered.
+
+    whatsmeow serves this from its cache, so it normally costs nothing and cannot fail; should a
+    session lose its cache with its connection, the settings returned by the last stanza that
+    succeeded (or read before the first) are still what WhatsApp confirmed.
+    """
+    try:
+        return await instance.session.read_settings()
+    except SessionError:
+        return last_answer
 
 
 def _not_attempted(step: PlanStep, reason: str) -> FieldEvent:

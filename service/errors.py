@@ -59,7 +59,12 @@ class GatewayError(Exception):
 
 
 def no_settings() -> GatewayError:
-    return GatewayError(Code.INVALID_ARGUMENT, NO_SETTINGS_MESSAGE, "NO_SETTINGS")
+    return GatewayError(
+        Code.INVALID_ARGUMENT,
+        NO_SETTINGS_MESSAGE,
+        "NO_SETTINGS",
+        violations=(Violation("settings", NO_SETTINGS_MESSAGE),),
+    )
 
 
 def not_connected(instance: str) -> GatewayError:

@@ -28,7 +28,9 @@ async def test_example_applies_exactly_the_fields_sent(gateway: Harness, name: s
 
 
 async def test_fully_restrictive_returns_the_contracts_response(gateway: Harness) -> None:
-    response = await gateway.update(settings_to_proto(settings_from_body(EXAMPLES["fully restrictive"])))
+    response = await gateway.update(
+        settings_to_proto(settings_from_body(EXAMPLES["fully restrictive"]))
+    )
 
     assert settings_from_proto(response.settings) == settings_from_body(FULLY_RESTRICTIVE_RESPONSE)
 

@@ -71,8 +71,8 @@ class GuardInterceptor(aio.ServerInterceptor):
                 token = value if isinstance(value, str) else value.decode()
                 break
         principal = self._tokens.authenticate(token)
-        self._limiter.check(principal.token_sha256)
         current_principal.set(principal)
+        self._limiter.check(principal.token_sha256)
 
     def _guard_unary(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
         async def guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:

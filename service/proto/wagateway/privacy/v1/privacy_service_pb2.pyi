@@ -349,7 +349,9 @@ class FieldUpdate(_message.Message):
 
     @_builtins.property
     def elapsed(self) -> _duration_pb2.Duration:
-        """For APPLIED and FAILED: how long the stanza's round trip took."""
+        """For APPLIED, and FAILED when WhatsApp answered: how long the stanza's round trip took.
+        Unset when the stanza could not be sent at all (the connection was lost).
+        """
 
     def __init__(
         self,
