@@ -2,34 +2,87 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.auth import Principal, Scope, TokenRegistry, hash_token, new_token
 from service.config import GatewayConfig, InstanceConfig, from_mapping
-from service.grpc.server import Gateway
+from service.gateway import Gateway
 from service.instances import Instance, InstanceDirectory
 from service.ratelimit import RateLimiter
+from service.sessions.base import Session
 from service.sessions.simulated import DEFAULT_SETTINGS, SimulatedSession
 from service.settings import Field, Settings
+
+if TYPE_CHECKING:
+    from service.sessions.ffi import WhatsAppFFI
 
 DEMO_INSTANCE = "demo"
 DEMO_LATENCY_MS = 400
 
 
-def build_gateway(config: GatewayConfig) -> Gateway:
+def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gateway:
+    """The gateway ``config`` describes; ``ffi`` replaces neonize's Go library (tests)."""
     principals = [Principal(Scope.ACCOUNT, a.name, a.name, a.token_sha256) for a in config.accounts]
     principals += [
         Principal(Scope.INSTANCE, i.name, i.account, i.token_sha256)
         for i in config.instances
         if i.token_sha256 is not None
     ]
+    executor = None
+    if any(i.session == "whatsapp" for i in config.instances):
+        executor = ThreadPoolExecutor(config.stanza_threads, thread_name_prefix="stanza")
+    sessions = WhatsAppSessions(config, executor, ffi)
     instances = InstanceDirectory(
-        Instance(i.name, i.account, _session(i), kind=i.session) for i in config.instances
+        Instance(i.name, i.account, sessions.build(i)) for i in config.instances
     )
-    return Gateway(instances, TokenRegistry(principals), RateLimiter(config.rate_limit_per_minute))
+    limiter = RateLimiter(config.rate_limit_per_minute)
+    return Gateway(instances, TokenRegistry(principals), limiter, executor)
 
 
-def _session(config: InstanceConfig) -> SimulatedSession:
+class WhatsAppSessions:
+    """Makes each instance's session; loads neonize only when a WhatsApp instance needs it."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        executor: ThreadPoolExecutor | None,
+        ffi: WhatsAppFFI | None,
+    ) -> None:
+        self._config = config
+        self._executor = executor
+        self._ffi = ffi
+
+    def build(self, instance: InstanceConfig) -> Session:
+        if instance.session == "simulated":
+            return _simulated(instance)
+        from service.sessions.ffi import NeonizeFFI  # noqa: PLC0415 - loads the Go library
+        from service.sessions.whatsapp import Backoff, WhatsAppSession  # noqa: PLC0415
+
+        assert self._executor is not None
+        if self._ffi is None:
+            self._ffi = NeonizeFFI()
+        store = instance.store
+        if store is None:
+            data_dir = Path(self._config.data_dir)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            store = str(data_dir / f"{instance.name}.db")
+        backoff = Backoff(
+            self._config.reconnect_initial_seconds, self._config.reconnect_max_seconds
+        )
+        return WhatsAppSession(
+            instance.name,
+            self._ffi,
+            store=store,
+            proxy=instance.proxy,
+            executor=self._executor,
+            backoff=backoff,
+        )
+
+
+def _simulated(config: InstanceConfig) -> SimulatedSession:
     initial = dict(DEFAULT_SETTINGS)
     for field in Field:
         value = getattr(config.settings, field.value)

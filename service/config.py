@@ -31,6 +31,9 @@ from service.settings import Field as SettingField
 DEFAULT_LISTEN = "127.0.0.1:50051"
 ENV_PREFIX = "PRIVACY_GATEWAY_"
 
+ProxyUrl = Annotated[
+    str, StringConstraints(pattern=r"^(http|https|socks5|socks5h)://[^\s/]+(/.*)?$")
+]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 HostPort = Annotated[str, StringConstraints(pattern=r"^(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d{1,5}$")]
@@ -71,11 +74,25 @@ class InstanceConfig(_Strict):
     account: Name
     #: SHA-256 (hex) of an instance token, which may act on this instance only.
     token_sha256: Sha256Hex | None = None
-    session: Literal["simulated"] = "simulated"
-    #: Round trip of each simulated stanza.
+    #: ``whatsapp`` for a linked WhatsApp account, ``simulated`` for a stand-in (demos, tests).
+    session: Literal["simulated", "whatsapp"] = "simulated"
+    #: WhatsApp only: route the connection through this proxy (http://, https:// or socks5://).
+    proxy: ProxyUrl | None = None
+    #: WhatsApp only: the session store, a SQLite file path or a postgres:// URL
+    #: (default: ``<data_dir>/<name>.db``).
+    store: Annotated[str, StringConstraints(min_length=1)] | None = None
+    #: Simulated only: round trip of each stanza.
     latency_ms: Annotated[int, Field(ge=0, le=60_000)] = 0
-    #: Initial settings of a simulated account (unset fields take WhatsApp's defaults).
+    #: Simulated only: initial settings (unset fields take WhatsApp's defaults).
     settings: SimulatedSettings = SimulatedSettings()
+
+    @model_validator(mode="after")
+    def _keys_fit_the_kind(self) -> InstanceConfig:
+        only = {"simulated": ("proxy", "store"), "whatsapp": ("latency_ms", "settings")}
+        for key in only[self.session]:
+            if key in self.model_fields_set:
+                raise ValueError(f"{key} does not apply to a {self.session} session")
+        return self
 
 
 class GatewayConfig(_Strict):
@@ -85,6 +102,14 @@ class GatewayConfig(_Strict):
     #: How long in-flight calls may run on after SIGTERM or SIGINT.
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 10.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: Where WhatsApp session stores (SQLite) are kept by default.
+    data_dir: Annotated[str, StringConstraints(min_length=1)] = "data"
+    #: Threads for blocking WhatsApp calls: each stanza holds one for its round trip, so this is
+    #: how many stanzas (across all instances) can be in flight at once.
+    stanza_threads: Annotated[int, Field(ge=1, le=4096)] = 256
+    #: Backoff between connection attempts: first delay, doubling up to the maximum.
+    reconnect_initial_seconds: Annotated[float, Field(gt=0)] = 1.0
+    reconnect_max_seconds: Annotated[float, Field(gt=0)] = 60.0
     accounts: list[AccountConfig] = []
     instances: list[InstanceConfig] = []
 
@@ -165,6 +190,8 @@ _ENV_KEYS = {
     "RATE_LIMIT_PER_MINUTE": "rate_limit_per_minute",
     "LOG_LEVEL": "log_level",
     "SHUTDOWN_GRACE_SECONDS": "shutdown_grace_seconds",
+    "DATA_DIR": "data_dir",
+    "STANZA_THREADS": "stanza_threads",
 }
 
 
@@ -175,7 +202,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
         value: Any = env.get(ENV_PREFIX + suffix)
         if value is None:
             continue
-        if key == "rate_limit_per_minute":
+        if key in ("rate_limit_per_minute", "stanza_threads"):
             value = _env_number(suffix, value, int)
         elif key == "shutdown_grace_seconds":
             value = _env_number(suffix, value, float)
@@ -245,7 +272,7 @@ def with_overrides(config: GatewayConfig, overrides: Mapping[str, Any]) -> Gatew
     if not overrides:
         return config
     try:
-        return GatewayConfig.model_validate({**config.model_dump(), **overrides})
+        return GatewayConfig.model_validate({**config.model_dump(exclude_unset=True), **overrides})
     except ValidationError as exc:
         error = exc.errors()[0]
         option = "--" + str(error["loc"][0]).replace("_", "-") if error["loc"] else "option"

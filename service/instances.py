@@ -19,7 +19,6 @@ class Instance:
     name: str
     account: str
     session: Session
-    kind: str = "simulated"
     #: Held for a whole update, so updates to one instance run one at a time in arrival order
     #: (asyncio.Lock wakes its waiters first-in, first-out).
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)

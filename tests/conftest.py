@@ -19,7 +19,8 @@ from grpc import aio
 from service.app import build_gateway
 from service.auth import hash_token
 from service.config import from_mapping
-from service.grpc.server import Gateway, RunningServer, start_server
+from service.gateway import Gateway
+from service.grpc.server import RunningServer, start_server
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb

@@ -70,7 +70,8 @@ async def test_reflection_lists_the_gateway_health_and_reflection_services(
 
     listed = await asyncio.wait_for(asyncio.to_thread(services), timeout=10)
 
-    assert {PRIVACY_SERVICE, HEALTH_SERVICE, REFLECTION_SERVICE} <= set(listed)
+    instance_service = "wagateway.privacy.v1.InstanceService"
+    assert {PRIVACY_SERVICE, instance_service, HEALTH_SERVICE, REFLECTION_SERVICE} <= set(listed)
 
 
 async def test_reflection_describes_the_privacy_service(gateway: Harness) -> None:
@@ -107,6 +108,12 @@ async def test_reflection_describes_the_privacy_service(gateway: Harness) -> Non
         "StreamUpdatePrivacySettings": (
             f"{package}.StreamUpdatePrivacySettingsRequest",
             f"{package}.StreamUpdatePrivacySettingsResponse",
+            False,
+            True,
+        ),
+        "WatchPrivacySettings": (
+            f"{package}.WatchPrivacySettingsRequest",
+            f"{package}.WatchPrivacySettingsResponse",
             False,
             True,
         ),

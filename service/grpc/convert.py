@@ -16,8 +16,11 @@ from google.protobuf.duration_pb2 import Duration
 
 from service.engine import Event, FieldEvent, FieldState, Plan, Snapshot
 from service.errors import Code, GatewayError, Violation
+from service.instances import Instance
+from service.proto.wagateway.privacy.v1 import instance_service_pb2 as instance_pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import settings_pb2 as settings_pb
+from service.sessions.base import ChangeSource, SettingsChange
 from service.settings import FIELDS, Field, FieldSpec, Settings
 
 
@@ -183,3 +186,36 @@ def _duration(seconds: float) -> Duration:
     duration = Duration()
     duration.FromNanoseconds(round(seconds * 1e9))
     return duration
+
+
+def watch_initial(settings: Settings) -> pb.WatchPrivacySettingsResponse:
+    return pb.WatchPrivacySettingsResponse(
+        settings=settings_to_proto(settings), source=pb.CHANGE_SOURCE_INITIAL
+    )
+
+
+def watch_change(change: SettingsChange) -> pb.WatchPrivacySettingsResponse:
+    return pb.WatchPrivacySettingsResponse(
+        settings=settings_to_proto(change.settings),
+        changed=[_FIELD_NUMBER[f] for f in Field if f in change.changed],
+        source=pb.ChangeSource.Value(f"CHANGE_SOURCE_{change.source.name}"),
+    )
+
+
+def instance_to_proto(instance: Instance) -> instance_pb.Instance:
+    status = instance.session.status()
+    message = instance_pb.Instance(
+        name=instance.name,
+        account=instance.account,
+        kind=instance_pb.SessionKind.Value(f"SESSION_KIND_{instance.session.kind.upper()}"),
+        state=instance_pb.InstanceState.Value(f"INSTANCE_STATE_{status.state.name}"),
+        last_error=status.last_error,
+        jid=status.jid,
+    )
+    message.state_since.FromNanoseconds(round(status.since * 1e9))
+    return message
+
+
+assert {s.name for s in ChangeSource} <= {
+    v.name.removeprefix("CHANGE_SOURCE_") for v in pb.ChangeSource.DESCRIPTOR.values
+}

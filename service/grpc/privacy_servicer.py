@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,7 @@ from service.grpc.interceptors import current_principal
 from service.instances import Instance, InstanceDirectory
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
+from service.sessions.base import SettingsChange
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -22,6 +24,12 @@ Context = aio.ServicerContext[Any, Any]
 class PrivacyServicer(pb_grpc.PrivacyServiceServicer):
     def __init__(self, instances: InstanceDirectory) -> None:
         self._instances = instances
+        self._watches: set[asyncio.Queue[SettingsChange | None]] = set()
+
+    def end_watches(self) -> None:
+        """Ends every watch stream cleanly (the gateway is shutting down)."""
+        for queue in self._watches:
+            queue.put_nowait(None)
 
     def _instance(self, name: str) -> Instance:
         return self._instances.authorize(current_principal.get(), name)
@@ -51,6 +59,21 @@ class PrivacyServicer(pb_grpc.PrivacyServiceServicer):
             yield convert.stream_message(event)
             if isinstance(event, Snapshot) and event.error is not None:
                 raise event.error
+
+    async def WatchPrivacySettings(
+        self, request: pb.WatchPrivacySettingsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchPrivacySettingsResponse]:
+        instance = self._instance(request.instance)
+        queue: asyncio.Queue[SettingsChange | None] = asyncio.Queue()
+        unsubscribe = instance.session.subscribe(queue.put_nowait)
+        self._watches.add(queue)
+        try:
+            yield convert.watch_initial(await engine.read_settings(instance))
+            while (change := await queue.get()) is not None:
+                yield convert.watch_change(change)
+        finally:
+            self._watches.discard(queue)
+            unsubscribe()
 
     def _update(
         self,

@@ -10,9 +10,18 @@ counts every stanza so tests and benchmarks can assert exactly what an update co
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from service.sessions.base import SessionError
+from service.sessions.base import (
+    ChangeListener,
+    ChangeNotifier,
+    ChangeSource,
+    SessionError,
+    SessionState,
+    SessionStatus,
+    status_now,
+)
 from service.settings import Field, Settings
 
 #: What a freshly registered WhatsApp account holds.
@@ -44,8 +53,11 @@ class SimulatedSession:
     """A session whose WhatsApp server is this object.
 
     ``server_settings`` is what "WhatsApp" holds; the session's cache is what a whatsmeow client
-    would have learned. Faults are injected with ``fail_field`` and ``drop_after``.
+    would have learned. Faults are injected with ``fail_field`` and ``drop_after``; a change made
+    on the phone with ``change_on_phone``.
     """
+
+    kind = "simulated"
 
     def __init__(
         self,
@@ -63,6 +75,10 @@ class SimulatedSession:
         self._connected = connected
         self._field_faults: dict[Field, str] = {}
         self._stanzas_before_drop: int | None = None
+        self._notifier = ChangeNotifier()
+        self._status = status_now(
+            SessionState.CONNECTED if connected else SessionState.DISCONNECTED
+        )
 
     # -- the Session interface -------------------------------------------------------------
 
@@ -70,10 +86,23 @@ class SimulatedSession:
     def connected(self) -> bool:
         return self._connected
 
+    def status(self) -> SessionStatus:
+        return self._status
+
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        return self._notifier.subscribe(listener)
+
+    async def start(self) -> None:
+        """A simulated account is connected from the start."""
+
+    async def close(self) -> None:
+        self._set_connected(False)
+
     async def read_settings(self) -> Settings:
         if self._cache is None:
             await self._stanza(SentStanza(None, None))
             self._cache = self.server_settings
+            self._notifier.publish(self._cache, ChangeSource.GATEWAY)
         return self._cache
 
     async def set_setting(self, field: Field, value: str) -> Settings:
@@ -86,6 +115,7 @@ class SimulatedSession:
             raise SessionError(reason)
         self.server_settings = self.server_settings.with_value(field, value)
         self._cache = self.server_settings
+        self._notifier.publish(self._cache, ChangeSource.GATEWAY)
         return self._cache
 
     # -- what tests and the demo control ---------------------------------------------------
@@ -107,17 +137,36 @@ class SimulatedSession:
         self._field_faults.clear()
         self._stanzas_before_drop = None
 
+    def change_on_phone(self, field: Field, value: str) -> None:
+        """The account's owner changes a setting on the phone; WhatsApp notifies the session.
+
+        As whatsmeow does on that notification, the cache takes the new value (fetching the rest
+        first if it had none) and listeners hear of it.
+        """
+        self.server_settings = self.server_settings.with_value(field, value)
+        if self._cache is None:
+            self.sent.append(SentStanza(None, None))
+        self._cache = self.server_settings
+        self._notifier.publish(self._cache, ChangeSource.PHONE)
+
     def disconnect(self) -> None:
-        self._connected = False
+        self._set_connected(False)
 
     def reconnect(self) -> None:
-        self._connected = True
+        self._set_connected(True)
+
+    def _set_connected(self, connected: bool) -> None:
+        self._connected = connected
+        state = SessionState.CONNECTED if connected else SessionState.DISCONNECTED
+        if state is not self._status.state:
+            error = "" if connected else NOT_CONNECTED_REASON
+            self._status = status_now(state, error)
 
     # -- internals -------------------------------------------------------------------------
 
     async def _stanza(self, stanza: SentStanza) -> None:
         if self._stanzas_before_drop == 0:
-            self._connected = False
+            self._set_connected(False)
             self._stanzas_before_drop = None
         if not self._connected:
             raise SessionError(NOT_CONNECTED_REASON, connection_lost=True)

@@ -26,15 +26,17 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from service.proto.wagateway.privacy.v1 import settings_pb2 as wagateway_dot_privacy_dot_v1_dot_settings__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*wagateway/privacy/v1/privacy_service.proto\x12\x14wagateway.privacy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a#wagateway/privacy/v1/settings.proto\"-\n\x19GetPrivacySettingsRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\"U\n\x1aGetPrivacySettingsResponse\x12\x37\n\x08settings\x18\x01 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\"i\n\x1cUpdatePrivacySettingsRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\x37\n\x08settings\x18\x02 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\"\x8b\x01\n\x1dUpdatePrivacySettingsResponse\x12\x37\n\x08settings\x18\x01 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\x12\x31\n\x06\x66ields\x18\x02 \x03(\x0b\x32!.wagateway.privacy.v1.FieldUpdate\"o\n\"StreamUpdatePrivacySettingsRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\x37\n\x08settings\x18\x02 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\"\xcf\x01\n#StreamUpdatePrivacySettingsResponse\x12\x30\n\x04plan\x18\x01 \x01(\x0b\x32 .wagateway.privacy.v1.UpdatePlanH\x00\x12\x32\n\x05\x66ield\x18\x02 \x01(\x0b\x32!.wagateway.privacy.v1.FieldUpdateH\x00\x12\x39\n\x08snapshot\x18\x03 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettingsH\x00\x42\x07\n\x05\x65vent\"Q\n\nUpdatePlan\x12\x32\n\x06\x66ields\x18\x01 \x03(\x0b\x32\".wagateway.privacy.v1.PlannedField\x12\x0f\n\x07stanzas\x18\x02 \x01(\x05\"\xb7\x01\n\x0cPlannedField\x12\x31\n\x05\x66ield\x18\x01 \x01(\x0e\x32\".wagateway.privacy.v1.PrivacyField\x12\x31\n\x07\x63urrent\x18\x02 \x01(\x0b\x32 .wagateway.privacy.v1.FieldValue\x12\x30\n\x06target\x18\x03 \x01(\x0b\x32 .wagateway.privacy.v1.FieldValue\x12\x0f\n\x07\x63hanges\x18\x04 \x01(\x08\"\x91\x02\n\x0b\x46ieldUpdate\x12\x31\n\x05\x66ield\x18\x01 \x01(\x0e\x32\".wagateway.privacy.v1.PrivacyField\x12/\n\x05state\x18\x02 \x01(\x0e\x32 .wagateway.privacy.v1.FieldState\x12/\n\x05value\x18\x03 \x01(\x0b\x32 .wagateway.privacy.v1.FieldValue\x12\x32\n\x08previous\x18\x04 \x01(\x0b\x32 .wagateway.privacy.v1.FieldValue\x12*\n\x07\x65lapsed\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\x06 \x01(\t*\xad\x01\n\nFieldState\x12\x1b\n\x17\x46IELD_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46IELD_STATE_STARTED\x10\x01\x12\x17\n\x13\x46IELD_STATE_APPLIED\x10\x02\x12\x19\n\x15\x46IELD_STATE_UNCHANGED\x10\x03\x12\x16\n\x12\x46IELD_STATE_FAILED\x10\x04\x12\x1d\n\x19\x46IELD_STATE_NOT_ATTEMPTED\x10\x05\x32\xa3\x03\n\x0ePrivacyService\x12w\n\x12GetPrivacySettings\x12/.wagateway.privacy.v1.GetPrivacySettingsRequest\x1a\x30.wagateway.privacy.v1.GetPrivacySettingsResponse\x12\x80\x01\n\x15UpdatePrivacySettings\x12\x32.wagateway.privacy.v1.UpdatePrivacySettingsRequest\x1a\x33.wagateway.privacy.v1.UpdatePrivacySettingsResponse\x12\x94\x01\n\x1bStreamUpdatePrivacySettings\x12\x38.wagateway.privacy.v1.StreamUpdatePrivacySettingsRequest\x1a\x39.wagateway.privacy.v1.StreamUpdatePrivacySettingsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*wagateway/privacy/v1/privacy_service.proto\x12\x14wagateway.privacy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a#wagateway/privacy/v1/settings.proto\"-\n\x19GetPrivacySettingsRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\"U\n\x1aGetPrivacySettingsResponse\x12\x37\n\x08settings\x18\x01 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\"i\n\x1cUpdatePrivacySettingsRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\x37\n\x08settings\x18\x02 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\"\x8b\x01\n\x1dUpdatePrivacySettingsResponse\x12\x37\n\x08settings\x18\x01 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\x12\x31\n\x06\x66ields\x18\x02 \x03(\x0b\x32!.wagateway.privacy.v1.FieldUpdate\"o\n\"StreamUpdatePrivacySettingsRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\x37\n\x08settings\x18\x02 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\"\xcf\x01\n#StreamUpdatePrivacySettingsResponse\x12\x30\n\x04plan\x18\x01 \x01(\x0b\x32 .wagateway.privacy.v1.UpdatePlanH\x00\x12\x32\n\x05\x66ield\x18\x02 \x01(\x0b\x32!.wagateway.privacy.v1.FieldUpdateH\x00\x12\x39\n\x08snapshot\x18\x03 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettingsH\x00\x42\x07\n\x05\x65vent\"/\n\x1bWatchPrivacySettingsRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\"\xc0\x01\n\x1cWatchPrivacySettingsResponse\x12\x37\n\x08settings\x18\x01 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\x12\x33\n\x07\x63hanged\x18\x02 \x03(\x0e\x32\".wagateway.privacy.v1.PrivacyField\x12\x32\n\x06source\x18\x03 \x01(\x0e\x32\".wagateway.privacy.v1.ChangeSource\"Q\n\nUpdatePlan\x12\x32\n\x06\x66ields\x18\x01 \x03(\x0b\x32\".wagateway.privacy.v1.PlannedField\x12\x0f\n\x07stanzas\x18\x02 \x01(\x05\"\xb7\x01\n\x0cPlannedField\x12\x31\n\x05\x66ield\x18\x01 \x01(\x0e\x32\".wagateway.privacy.v1.PrivacyField\x12\x31\n\x07\x63urrent\x18\x02 \x01(\x0b\x32 .wagateway.privacy.v1.FieldValue\x12\x30\n\x06target\x18\x03 \x01(\x0b\x32 .wagateway.privacy.v1.FieldValue\x12\x0f\n\x07\x63hanges\x18\x04 \x01(\x08\"\x91\x02\n\x0b\x46ieldUpdate\x12\x31\n\x05\x66ield\x18\x01 \x01(\x0e\x32\".wagateway.privacy.v1.PrivacyField\x12/\n\x05state\x18\x02 \x01(\x0e\x32 .wagateway.privacy.v1.FieldState\x12/\n\x05value\x18\x03 \x01(\x0b\x32 .wagateway.privacy.v1.FieldValue\x12\x32\n\x08previous\x18\x04 \x01(\x0b\x32 .wagateway.privacy.v1.FieldValue\x12*\n\x07\x65lapsed\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\x06 \x01(\t*|\n\x0c\x43hangeSource\x12\x1d\n\x19\x43HANGE_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43HANGE_SOURCE_INITIAL\x10\x01\x12\x19\n\x15\x43HANGE_SOURCE_GATEWAY\x10\x02\x12\x17\n\x13\x43HANGE_SOURCE_PHONE\x10\x03*\xad\x01\n\nFieldState\x12\x1b\n\x17\x46IELD_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46IELD_STATE_STARTED\x10\x01\x12\x17\n\x13\x46IELD_STATE_APPLIED\x10\x02\x12\x19\n\x15\x46IELD_STATE_UNCHANGED\x10\x03\x12\x16\n\x12\x46IELD_STATE_FAILED\x10\x04\x12\x1d\n\x19\x46IELD_STATE_NOT_ATTEMPTED\x10\x05\x32\xa4\x04\n\x0ePrivacyService\x12w\n\x12GetPrivacySettings\x12/.wagateway.privacy.v1.GetPrivacySettingsRequest\x1a\x30.wagateway.privacy.v1.GetPrivacySettingsResponse\x12\x80\x01\n\x15UpdatePrivacySettings\x12\x32.wagateway.privacy.v1.UpdatePrivacySettingsRequest\x1a\x33.wagateway.privacy.v1.UpdatePrivacySettingsResponse\x12\x94\x01\n\x1bStreamUpdatePrivacySettings\x12\x38.wagateway.privacy.v1.StreamUpdatePrivacySettingsRequest\x1a\x39.wagateway.privacy.v1.StreamUpdatePrivacySettingsResponse0\x01\x12\x7f\n\x14WatchPrivacySettings\x12\x31.wagateway.privacy.v1.WatchPrivacySettingsRequest\x1a\x32.wagateway.privacy.v1.WatchPrivacySettingsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wagateway.privacy.v1.privacy_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FIELDSTATE']._serialized_start=1389
-  _globals['_FIELDSTATE']._serialized_end=1562
+  _globals['_CHANGESOURCE']._serialized_start=1632
+  _globals['_CHANGESOURCE']._serialized_end=1756
+  _globals['_FIELDSTATE']._serialized_start=1759
+  _globals['_FIELDSTATE']._serialized_end=1932
   _globals['_GETPRIVACYSETTINGSREQUEST']._serialized_start=137
   _globals['_GETPRIVACYSETTINGSREQUEST']._serialized_end=182
   _globals['_GETPRIVACYSETTINGSRESPONSE']._serialized_start=184
@@ -47,12 +49,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMUPDATEPRIVACYSETTINGSREQUEST']._serialized_end=631
   _globals['_STREAMUPDATEPRIVACYSETTINGSRESPONSE']._serialized_start=634
   _globals['_STREAMUPDATEPRIVACYSETTINGSRESPONSE']._serialized_end=841
-  _globals['_UPDATEPLAN']._serialized_start=843
-  _globals['_UPDATEPLAN']._serialized_end=924
-  _globals['_PLANNEDFIELD']._serialized_start=927
-  _globals['_PLANNEDFIELD']._serialized_end=1110
-  _globals['_FIELDUPDATE']._serialized_start=1113
-  _globals['_FIELDUPDATE']._serialized_end=1386
-  _globals['_PRIVACYSERVICE']._serialized_start=1565
-  _globals['_PRIVACYSERVICE']._serialized_end=1984
+  _globals['_WATCHPRIVACYSETTINGSREQUEST']._serialized_start=843
+  _globals['_WATCHPRIVACYSETTINGSREQUEST']._serialized_end=890
+  _globals['_WATCHPRIVACYSETTINGSRESPONSE']._serialized_start=893
+  _globals['_WATCHPRIVACYSETTINGSRESPONSE']._serialized_end=1085
+  _globals['_UPDATEPLAN']._serialized_start=1087
+  _globals['_UPDATEPLAN']._serialized_end=1168
+  _globals['_PLANNEDFIELD']._serialized_start=1171
+  _globals['_PLANNEDFIELD']._serialized_end=1354
+  _globals['_FIELDUPDATE']._serialized_start=1357
+  _globals['_FIELDUPDATE']._serialized_end=1630
+  _globals['_PRIVACYSERVICE']._serialized_start=1935
+  _globals['_PRIVACYSERVICE']._serialized_end=2483
 # @@protoc_insertion_point(module_scope)

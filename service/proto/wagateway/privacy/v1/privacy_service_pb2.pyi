@@ -45,6 +45,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ChangeSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChangeSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHANGE_SOURCE_UNSPECIFIED: _ChangeSource.ValueType  # 0
+    """Not a source; never sent by the gateway."""
+    CHANGE_SOURCE_INITIAL: _ChangeSource.ValueType  # 1
+    """The first message of a watch: the settings as they are, not a change."""
+    CHANGE_SOURCE_GATEWAY: _ChangeSource.ValueType  # 2
+    """An update through this gateway."""
+    CHANGE_SOURCE_PHONE: _ChangeSource.ValueType  # 3
+    """WhatsApp notified a change made elsewhere: on the phone or another linked device."""
+
+class ChangeSource(_ChangeSource, metaclass=_ChangeSourceEnumTypeWrapper):
+    """Where a change of settings came from."""
+
+CHANGE_SOURCE_UNSPECIFIED: ChangeSource.ValueType  # 0
+"""Not a source; never sent by the gateway."""
+CHANGE_SOURCE_INITIAL: ChangeSource.ValueType  # 1
+"""The first message of a watch: the settings as they are, not a change."""
+CHANGE_SOURCE_GATEWAY: ChangeSource.ValueType  # 2
+"""An update through this gateway."""
+CHANGE_SOURCE_PHONE: ChangeSource.ValueType  # 3
+"""WhatsApp notified a change made elsewhere: on the phone or another linked device."""
+Global___ChangeSource: _TypeAlias = ChangeSource  # noqa: Y015
+
 class _FieldState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -254,6 +282,62 @@ class StreamUpdatePrivacySettingsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___StreamUpdatePrivacySettingsResponse: _TypeAlias = StreamUpdatePrivacySettingsResponse  # noqa: Y015
+
+@_typing.final
+class WatchPrivacySettingsRequest(_message.Message):
+    """Asks to follow an instance's settings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    instance: _builtins.str
+    """The instance's name, as configured in the gateway."""
+    def __init__(
+        self,
+        *,
+        instance: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchPrivacySettingsRequest: _TypeAlias = WatchPrivacySettingsRequest  # noqa: Y015
+
+@_typing.final
+class WatchPrivacySettingsResponse(_message.Message):
+    """The settings as they are now, and what changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    source: Global___ChangeSource.ValueType
+    """Where the change came from."""
+    @_builtins.property
+    def settings(self) -> _settings_pb2.PrivacySettings:
+        """The complete settings."""
+
+    @_builtins.property
+    def changed(self) -> _containers.RepeatedScalarFieldContainer[_settings_pb2.PrivacyField.ValueType]:
+        """The fields that changed (empty in the first message)."""
+
+    def __init__(
+        self,
+        *,
+        settings: _settings_pb2.PrivacySettings | None = ...,
+        changed: _abc.Iterable[_settings_pb2.PrivacyField.ValueType] | None = ...,
+        source: Global___ChangeSource.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "settings", b"settings", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchPrivacySettingsResponse: _TypeAlias = WatchPrivacySettingsResponse  # noqa: Y015
 
 @_typing.final
 class UpdatePlan(_message.Message):

@@ -50,6 +50,11 @@ class PrivacyServiceStub:
                 request_serializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.StreamUpdatePrivacySettingsRequest.SerializeToString,
                 response_deserializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.StreamUpdatePrivacySettingsResponse.FromString,
                 _registered_method=True)
+        self.WatchPrivacySettings = channel.unary_stream(
+                '/wagateway.privacy.v1.PrivacyService/WatchPrivacySettings',
+                request_serializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.WatchPrivacySettingsRequest.SerializeToString,
+                response_deserializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.WatchPrivacySettingsResponse.FromString,
+                _registered_method=True)
 
 
 class PrivacyServiceServicer:
@@ -86,6 +91,14 @@ class PrivacyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchPrivacySettings(self, request, context):
+        """The instance's settings now, then the complete settings again each time they change, through
+        this gateway or on the phone, until the caller ends the call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PrivacyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -103,6 +116,11 @@ def add_PrivacyServiceServicer_to_server(servicer, server):
                     servicer.StreamUpdatePrivacySettings,
                     request_deserializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.StreamUpdatePrivacySettingsRequest.FromString,
                     response_serializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.StreamUpdatePrivacySettingsResponse.SerializeToString,
+            ),
+            'WatchPrivacySettings': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchPrivacySettings,
+                    request_deserializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.WatchPrivacySettingsRequest.FromString,
+                    response_serializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.WatchPrivacySettingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -187,6 +205,33 @@ class PrivacyService:
             '/wagateway.privacy.v1.PrivacyService/StreamUpdatePrivacySettings',
             wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.StreamUpdatePrivacySettingsRequest.SerializeToString,
             wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.StreamUpdatePrivacySettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchPrivacySettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/wagateway.privacy.v1.PrivacyService/WatchPrivacySettings',
+            wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.WatchPrivacySettingsRequest.SerializeToString,
+            wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.WatchPrivacySettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -74,6 +74,10 @@ class PrivacyServiceStub:
     each field's progress, last the complete settings. When a field fails, the stream still
     ends with the settings, then closes with the error status.
     """
+    WatchPrivacySettings: _grpc.UnaryStreamMultiCallable[_privacy_service_pb2.WatchPrivacySettingsRequest, _privacy_service_pb2.WatchPrivacySettingsResponse]
+    """The instance's settings now, then the complete settings again each time they change, through
+    this gateway or on the phone, until the caller ends the call.
+    """
 
 @_typing.type_check_only
 class PrivacyServiceAsyncStub(PrivacyServiceStub):
@@ -96,6 +100,10 @@ class PrivacyServiceAsyncStub(PrivacyServiceStub):
     """The same update as `UpdatePrivacySettings`, streamed as it happens: first the plan, then
     each field's progress, last the complete settings. When a field fails, the stream still
     ends with the settings, then closes with the error status.
+    """
+    WatchPrivacySettings: _aio.UnaryStreamMultiCallable[_privacy_service_pb2.WatchPrivacySettingsRequest, _privacy_service_pb2.WatchPrivacySettingsResponse]  # type: ignore[assignment]
+    """The instance's settings now, then the complete settings again each time they change, through
+    this gateway or on the phone, until the caller ends the call.
     """
 
 class PrivacyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -134,6 +142,16 @@ class PrivacyServiceServicer(metaclass=_abc_1.ABCMeta):
         """The same update as `UpdatePrivacySettings`, streamed as it happens: first the plan, then
         each field's progress, last the complete settings. When a field fails, the stream still
         ends with the settings, then closes with the error status.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchPrivacySettings(
+        self,
+        request: _privacy_service_pb2.WatchPrivacySettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_privacy_service_pb2.WatchPrivacySettingsResponse], _abc.AsyncIterator[_privacy_service_pb2.WatchPrivacySettingsResponse]]:
+        """The instance's settings now, then the complete settings again each time they change, through
+        this gateway or on the phone, until the caller ends the call.
         """
 
 def add_PrivacyServiceServicer_to_server(servicer: PrivacyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
