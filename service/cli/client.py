@@ -6,12 +6,16 @@ import argparse
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, TextIO
 
 import grpc
+import segno
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.grpc import convert
+from service.proto.wagateway.privacy.v1 import instance_service_pb2 as instance_pb
+from service.proto.wagateway.privacy.v1 import instance_service_pb2_grpc as instance_grpc
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from service.settings import FIELDS, Settings
@@ -110,13 +114,84 @@ def _report(error: grpc.RpcError) -> int:
     return 1
 
 
+Metadata = tuple[tuple[str, str], ...]
+
+
 @contextmanager
-def _channel(
-    args: argparse.Namespace,
-) -> Iterator[tuple[pb_grpc.PrivacyServiceStub, tuple[tuple[str, str], ...]]]:
-    """A stub on a channel to the gateway, and the token metadata for calls on it."""
+def _connection(args: argparse.Namespace) -> Iterator[tuple[grpc.Channel, Metadata]]:
+    """A channel to the gateway, and the token metadata for calls on it."""
     if not args.token:
         print("privacy-gateway: --token (or PRIVACY_GATEWAY_TOKEN) is required", file=sys.stderr)
         raise SystemExit(2)
     with grpc.insecure_channel(args.address) as channel:
-        yield pb_grpc.PrivacyServiceStub(channel), (("token", str(args.token)),)
+        yield channel, (("token", str(args.token)),)
+
+
+@contextmanager
+def _channel(args: argparse.Namespace) -> Iterator[tuple[pb_grpc.PrivacyServiceStub, Metadata]]:
+    """A PrivacyService stub on a channel to the gateway, and the token metadata."""
+    with _connection(args) as (channel, metadata):
+        yield pb_grpc.PrivacyServiceStub(channel), metadata
+
+
+def instances(args: argparse.Namespace) -> int:
+    with _connection(args) as (channel, metadata):
+        try:
+            response = instance_grpc.InstanceServiceStub(channel).ListInstances(
+                instance_pb.ListInstancesRequest(), metadata=metadata
+            )
+        except grpc.RpcError as error:
+            return _report(error)
+    print(f"{'instance':<16} {'account':<12} {'kind':<10} {'state':<13} {'since':<20} detail")
+    for item in response.instances:
+        kind = instance_pb.SessionKind.Name(item.kind).removeprefix("SESSION_KIND_").lower()
+        state = instance_pb.InstanceState.Name(item.state).removeprefix("INSTANCE_STATE_")
+        since = item.state_since.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+        detail = item.jid or item.last_error
+        print(f"{item.name:<16} {item.account:<12} {kind:<10} {state:<13} {since:<20} {detail}")
+    return 0
+
+
+def pair(args: argparse.Namespace) -> int:
+    request = instance_pb.PairInstanceRequest(instance=args.instance, phone=args.phone or "")
+    with _connection(args) as (channel, metadata):
+        stub = instance_grpc.InstanceServiceStub(channel)
+        try:
+            for message in stub.PairInstance(request, metadata=metadata):
+                kind = message.WhichOneof("event")
+                if kind == "qr_code":
+                    print("\nScan with WhatsApp > Settings > Linked devices > Link a device:")
+                    segno.make(message.qr_code, error="l").terminal(compact=True)
+                    print("(a new code replaces this one in a few seconds)", flush=True)
+                elif kind == "pairing_code":
+                    print(
+                        "On the phone: WhatsApp > Settings > Linked devices > Link a device >\n"
+                        f"Link with phone number instead, and enter: {message.pairing_code}",
+                        flush=True,
+                    )
+                elif kind == "jid":
+                    print(f"paired: {args.instance} is now linked as {message.jid}")
+        except grpc.RpcError as error:
+            return _report(error)
+    return 0
+
+
+def watch(args: argparse.Namespace) -> int:
+    request = pb.WatchPrivacySettingsRequest(instance=args.instance)
+    with _channel(args) as (stub, metadata):
+        try:
+            for message in stub.WatchPrivacySettings(request, metadata=metadata):
+                settings = convert.settings_from_proto(message.settings)
+                if message.source == pb.CHANGE_SOURCE_INITIAL:
+                    print_settings(settings)
+                    print("\nwatching for changes (Ctrl+C to stop)", flush=True)
+                    continue
+                source = pb.ChangeSource.Name(message.source).removeprefix("CHANGE_SOURCE_")
+                stamp = datetime.now().strftime("%H:%M:%S")
+                for number in message.changed:
+                    field = convert.field_from_proto(number)
+                    print(f"{stamp} {source.lower():<8} {field.value:<14} -> {settings[field]}")
+                sys.stdout.flush()
+        except grpc.RpcError as error:
+            return _report(error)
+    return 0

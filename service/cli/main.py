@@ -76,6 +76,25 @@ def _parser() -> argparse.ArgumentParser:
     _client_options(set_)
     set_.set_defaults(run=client.set_)
 
+    instances = commands.add_parser("instances", help="list instances with their state")
+    _client_options(instances)
+    instances.set_defaults(run=client.instances)
+
+    pair = commands.add_parser(
+        "pair", help="link a WhatsApp account: shows QR codes, or a pairing code with --phone"
+    )
+    pair.add_argument("instance")
+    pair.add_argument(
+        "--phone", metavar="NUMBER", help="international format, digits only: 5511999999999"
+    )
+    _client_options(pair)
+    pair.set_defaults(run=client.pair)
+
+    watch = commands.add_parser("watch", help="print an instance's settings, then each change")
+    watch.add_argument("instance")
+    _client_options(watch)
+    watch.set_defaults(run=client.watch)
+
     health = commands.add_parser("health", help="exit 0 when the gateway reports SERVING")
     health.add_argument("--address", default=_env_address(), help="gateway address")
     health.set_defaults(run=client.health)

@@ -347,7 +347,11 @@ class WhatsAppSession:
             error = ""
         if (state, error) != (self._status.state, self._status.last_error):
             self._status = status_now(state, error, jid or self._status.jid)
-            log.info("%s: %s%s", self.name, state.value, f" ({error})" if error else "")
+            quiet = state in (SessionState.CONNECTING, SessionState.PAIRING)
+            detail = f": {error}" if error and state is SessionState.DISCONNECTED else ""
+            log.log(
+                logging.DEBUG if quiet else logging.INFO, "%s %s%s", self.name, state.value, detail
+            )
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Runs ``work`` in the background, holding a reference until it ends."""
