@@ -29,6 +29,7 @@ from pydantic import (
 from service.settings import Field as SettingField
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 ENV_PREFIX = "PRIVACY_GATEWAY_"
 
 ProxyUrl = Annotated[
@@ -97,6 +98,8 @@ class InstanceConfig(_Strict):
 
 class GatewayConfig(_Strict):
     listen: HostPort = DEFAULT_LISTEN
+    #: The REST surface; an empty string turns it off.
+    http_listen: HostPort | Literal[""] = DEFAULT_HTTP_LISTEN
     #: Calls a minute per token; 0 turns the limit off.
     rate_limit_per_minute: Annotated[int, Field(ge=0)] = 100
     #: How long in-flight calls may run on after SIGTERM or SIGINT.
@@ -187,6 +190,7 @@ def _validate(
 
 _ENV_KEYS = {
     "LISTEN": "listen",
+    "HTTP_LISTEN": "http_listen",
     "RATE_LIMIT_PER_MINUTE": "rate_limit_per_minute",
     "LOG_LEVEL": "log_level",
     "SHUTDOWN_GRACE_SECONDS": "shutdown_grace_seconds",

@@ -51,8 +51,12 @@ DEFAULT_TABLE = [
 
 
 def cli_env(**variables: str) -> dict[str, str]:
-    """The test's environment without any ``PRIVACY_GATEWAY_*``, plus ``variables``."""
+    """The test's environment without any ``PRIVACY_GATEWAY_*``, plus ``variables``.
+
+    The REST surface listens on a free port, so that no test depends on 8080 being free.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRIVACY_GATEWAY_")}
+    env["PRIVACY_GATEWAY_HTTP_LISTEN"] = "127.0.0.1:0"
     env.update(variables)
     return env
 

@@ -48,7 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get(config_module.ENV_PREFIX + "CONFIG"),
         help="TOML configuration file (env PRIVACY_GATEWAY_CONFIG); none runs the demo",
     )
-    serve.add_argument("--listen", metavar="HOST:PORT", help=f"default {DEFAULT_ADDRESS}")
+    serve.add_argument("--listen", metavar="HOST:PORT", help=f"gRPC; default {DEFAULT_ADDRESS}")
+    serve.add_argument(
+        "--http-listen",
+        metavar="HOST:PORT",
+        help=f"REST; default {config_module.DEFAULT_HTTP_LISTEN}; '' turns it off",
+    )
     serve.add_argument("--rate-limit-per-minute", type=int, metavar="N", help="0 turns it off")
     serve.add_argument("--demo-token", metavar="T", help="demo only: use this token")
     serve.add_argument(
@@ -126,7 +131,7 @@ def _token(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from service import app  # noqa: PLC0415 - keeps client commands light
-    from service.grpc.server import RunningServer, serve_until_signalled  # noqa: PLC0415
+    from service.runtime import Endpoints, serve_until_signalled  # noqa: PLC0415
 
     demo: app.Demo | None = None
     if args.config is not None:
@@ -137,7 +142,11 @@ def _serve(args: argparse.Namespace) -> int:
         latency = app.DEMO_LATENCY_MS if args.demo_latency_ms is None else args.demo_latency_ms
         demo = app.demo(args.demo_token, latency)
         cfg = demo.config
-    overrides = {"listen": args.listen, "rate_limit_per_minute": args.rate_limit_per_minute}
+    overrides = {
+        "listen": args.listen,
+        "http_listen": args.http_listen,
+        "rate_limit_per_minute": args.rate_limit_per_minute,
+    }
     cfg = config_module.with_overrides(cfg, {k: v for k, v in overrides.items() if v is not None})
     logging.basicConfig(
         level=cfg.log_level.upper(),
@@ -146,20 +155,29 @@ def _serve(args: argparse.Namespace) -> int:
     )
     gateway = app.build_gateway(cfg)
 
-    def ready(running: RunningServer) -> None:
+    def ready(endpoints: Endpoints) -> None:
         host = cfg.listen.rsplit(":", 1)[0]
-        print(f"privacy-gateway: gRPC listening on {host}:{running.port}", flush=True)
+        print(f"privacy-gateway: gRPC listening on {host}:{endpoints.grpc_port}", flush=True)
+        if endpoints.http_port is not None:
+            http_host = cfg.http_listen.rsplit(":", 1)[0]
+            print(
+                f"privacy-gateway: REST listening on http://{http_host}:{endpoints.http_port}",
+                flush=True,
+            )
         if demo is not None:
             print(
                 f"demo instance 'demo' on a simulated WhatsApp session "
                 f"({cfg.instances[0].latency_ms} ms per stanza)\n"
                 f"demo token: {demo.token}\n"
                 f"try:  privacy-gateway set demo --last-seen none --read-receipts none "
-                f"--address {host}:{running.port} --token {demo.token}",
+                f"--address {host}:{endpoints.grpc_port} --token {demo.token}",
                 flush=True,
             )
 
-    asyncio.run(serve_until_signalled(gateway, cfg.listen, cfg.shutdown_grace_seconds, ready))
+    serving = serve_until_signalled(
+        gateway, cfg.listen, cfg.http_listen or None, cfg.shutdown_grace_seconds, ready
+    )
+    asyncio.run(serving)
     return 0
 
 

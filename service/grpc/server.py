@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from grpc import aio
@@ -65,27 +62,3 @@ async def start_server(gateway: Gateway, address: str) -> RunningServer:
     for name in (*SERVICE_NAMES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, port, health_servicer, privacy)
-
-
-async def serve_until_signalled(
-    gateway: Gateway,
-    address: str,
-    grace: float,
-    on_ready: Callable[[RunningServer], Awaitable[None] | None] | None = None,
-) -> None:
-    """Serves until SIGTERM or SIGINT, then lets in-flight calls finish within ``grace``."""
-    running = await start_server(gateway, address)
-    await gateway.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    if on_ready is not None:
-        result = on_ready(running)
-        if result is not None:
-            await result
-    await stop.wait()
-    log.info("shutting down: in-flight calls have %.1f s to finish", grace)
-    await running.stop(grace)
-    await gateway.close()
-    log.info("stopped")

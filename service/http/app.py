@@ -1,0 +1,178 @@
+"""The REST contract, served by aiohttp in the gateway's own process and event loop.
+
+A thin adapter: it authenticates the ``token`` header with the same registry and rate limit as
+gRPC, validates the body as the contract says, and runs the same engine on the same instances, so
+a REST update and a gRPC update see each other's results and queue behind each other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from service import engine
+from service.auth import Principal
+from service.engine import Snapshot
+from service.errors import Code, GatewayError
+from service.gateway import Gateway
+from service.http import body as request_body
+from service.http import responses
+from service.http.body import MAX_BODY_BYTES
+from service.http.openapi import openapi_document
+from service.http.responses import NDJSON
+from service.instances import Instance
+
+log = logging.getLogger(__name__)
+
+PRIVACY_PATH = "/api/profile/privacy/{instance}"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(gateway: Gateway) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_envelope_errors])
+    api = PrivacyApi(gateway)
+    app.router.add_post(PRIVACY_PATH, api.update)
+    app.router.add_get(PRIVACY_PATH, api.get)
+    app.router.add_get("/openapi.json", _openapi)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+class PrivacyApi:
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        instance = self._authorize(request)
+        settings = await engine.read_settings(instance)
+        return web.json_response(responses.settings_body(settings))
+
+    async def update(self, request: web.Request) -> web.StreamResponse:
+        instance = self._authorize(request)
+        requested = request_body.requested_settings(await _json_body(request))
+        events = engine.update(instance, requested, deadline=None)
+        if NDJSON in request.headers.get("Accept", ""):
+            return await _stream(request, events)
+        snapshot: Snapshot | None = None
+        async for event in events:
+            if isinstance(event, Snapshot):
+                snapshot = event
+        assert snapshot is not None, "the engine always ends with a snapshot"
+        if snapshot.error is not None:
+            raise snapshot.error
+        return web.json_response(responses.updated_body(snapshot))
+
+    def _authorize(self, request: web.Request) -> Instance:
+        principal = self._gateway.tokens.authenticate(request.headers.get("token"))
+        request["principal"] = principal
+        self._gateway.limiter.check(principal.token_sha256)
+        return self._gateway.instances.authorize(principal, request.match_info["instance"])
+
+
+async def _json_body(request: web.Request) -> Any:
+    if request.content_type != "application/json":
+        raise GatewayError(
+            Code.INVALID_ARGUMENT,
+            f"Content-Type must be application/json, not {request.content_type or 'missing'}",
+            "UNSUPPORTED_MEDIA_TYPE",
+        )
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise _too_large()
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise _too_large() from exc
+    return request_body.parse_json(raw)
+
+
+def _too_large() -> GatewayError:
+    return GatewayError(
+        Code.INVALID_ARGUMENT, f"Request body exceeds {MAX_BODY_BYTES} bytes", "BODY_TOO_LARGE"
+    )
+
+
+async def _stream(request: web.Request, events: Any) -> web.StreamResponse:
+    """NDJSON progress: one line per engine event; a failure ends it with an error line."""
+    response = web.StreamResponse(headers={"Content-Type": NDJSON})
+    async for event in events:
+        # Errors before the plan (not connected...) still get a plain error response: the
+        # stream only begins with the first event.
+        if not response.prepared:
+            await response.prepare(request)
+        await response.write(_line(responses.event_json(event)))
+        if isinstance(event, Snapshot) and event.error is not None:
+            body = responses.error_body(event.error)
+            await response.write(_line({"event": "error", "error": body["error"]}))
+    await response.write_eof()
+    return response
+
+
+def _line(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode() + b"\n"
+
+
+@web.middleware
+async def _envelope_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error in the contract's envelope: domain errors, and aiohttp's own (404, 405...)."""
+    try:
+        return await handler(request)
+    except GatewayError as error:
+        status = responses.http_status(error)
+        principal: Principal | None = request.get("principal")
+        log.info(
+            "%s %s by %s: %d %s",
+            request.method,
+            request.path,
+            principal.label if principal else "anonymous",
+            status,
+            error.reason,
+        )
+        headers = {}
+        if error.retry_after_seconds is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_seconds)))
+        return web.json_response(responses.error_body(error), status=status, headers=headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        body = {"success": False, "error": {"message": exc.reason, "reason": "HTTP_ERROR"}}
+        return web.json_response(body, status=exc.status, headers=_allow(exc))
+
+
+def _allow(exc: web.HTTPException) -> dict[str, str]:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else {}
+
+
+async def _openapi(request: web.Request) -> web.StreamResponse:
+    return web.json_response(openapi_document())
+
+
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok", "time": time.time()})
+
+
+class HttpServer:
+    """The REST surface on ``host:port``, in the running event loop."""
+
+    def __init__(self, gateway: Gateway, shutdown_timeout: float = 10.0) -> None:
+        self._runner = web.AppRunner(
+            create_app(gateway), access_log=None, shutdown_timeout=shutdown_timeout
+        )
+        self.port = 0
+
+    async def start(self, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host.strip("[]"), int(port))
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()

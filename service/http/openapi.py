@@ -1,0 +1,205 @@
+"""The OpenAPI 3 document of the REST surface, built from the field table so it cannot drift.
+
+The tests exercise it against the running server with schemathesis: every response the server
+gives must match what this says.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from service.errors import NO_SETTINGS_MESSAGE, NOT_CONNECTED_MESSAGE
+from service.http.body import MAX_BODY_BYTES
+from service.http.responses import NDJSON, UPDATED_MESSAGE
+from service.settings import FIELDS, SECTIONS
+
+
+def _section_schema(section: str, *, required: bool) -> dict[str, Any]:
+    specs = [s for s in FIELDS if s.section == section]
+    schema: dict[str, Any] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            s.rest_name: {"type": "string", "enum": list(s.values), "description": s.proto_path}
+            for s in specs
+        },
+    }
+    if required:
+        schema["required"] = [s.rest_name for s in specs]
+    return schema
+
+
+def _settings_schema(*, complete: bool) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": list(SECTIONS) if complete else [],
+        "properties": {s: _section_schema(s, required=complete) for s in SECTIONS},
+    }
+
+
+_FIELD_OUTCOME = {
+    "type": "object",
+    "required": ["field", "state", "value", "previous"],
+    "properties": {
+        "field": {"type": "string", "enum": [s.rest_path for s in FIELDS]},
+        "state": {"type": "string", "enum": ["APPLIED", "UNCHANGED", "FAILED", "NOT_ATTEMPTED"]},
+        "value": {"type": "string"},
+        "previous": {"type": "string"},
+        "elapsedMs": {"type": "number", "description": "the stanza's round trip"},
+        "error": {"type": "string"},
+    },
+}
+
+_ERROR = {
+    "type": "object",
+    "required": ["success", "error"],
+    "properties": {
+        "success": {"type": "boolean", "enum": [False]},
+        "error": {
+            "type": "object",
+            "required": ["message", "reason"],
+            "properties": {
+                "message": {"type": "string"},
+                "reason": {"type": "string", "description": "stable UPPER_SNAKE identifier"},
+            },
+        },
+        "settings": {"$ref": "#/components/schemas/Settings"},
+        "fields": {"type": "array", "items": {"$ref": "#/components/schemas/FieldOutcome"}},
+    },
+}
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+_COMMON_ERRORS = {
+    "401": _error_response("Missing or unknown `token`."),
+    "403": _error_response("The token may not act on this instance."),
+    "404": _error_response("No instance of that name."),
+    "429": {
+        **_error_response("Rate limit exceeded; `Retry-After` says when to come back."),
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    },
+    "503": _error_response("WhatsApp's current settings could not be read."),
+}
+
+_INSTANCE = {
+    "name": "instance",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "Instance name.",
+}
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    settings_ok = {
+        "type": "object",
+        "required": ["success", "settings"],
+        "properties": {
+            "success": {"type": "boolean", "enum": [True]},
+            "settings": {"$ref": "#/components/schemas/Settings"},
+        },
+    }
+    updated = {
+        "type": "object",
+        "required": ["success", "message", "settings", "fields"],
+        "properties": {
+            "success": {"type": "boolean", "enum": [True]},
+            "message": {"type": "string", "enum": [UPDATED_MESSAGE]},
+            "settings": {"$ref": "#/components/schemas/Settings"},
+            "fields": {"type": "array", "items": {"$ref": "#/components/schemas/FieldOutcome"}},
+        },
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "privacy-gateway REST",
+            "version": "1",
+            "description": "Updates the privacy settings of a linked WhatsApp instance. The gRPC "
+            "service wagateway.privacy.v1.PrivacyService is the primary interface.",
+        },
+        "security": [{"token": []}],
+        "paths": {
+            "/api/profile/privacy/{instance}": {
+                "parameters": [_INSTANCE],
+                "get": {
+                    "summary": "Get privacy settings",
+                    "operationId": "getPrivacy",
+                    "responses": {
+                        "200": {
+                            "description": "The complete current settings.",
+                            "content": {"application/json": {"schema": settings_ok}},
+                        },
+                        "400": _error_response(NOT_CONNECTED_MESSAGE),
+                        **_COMMON_ERRORS,
+                    },
+                },
+                "post": {
+                    "summary": "Update privacy",
+                    "operationId": "updatePrivacy",
+                    "description": "Partial update: only the fields sent change, one WhatsApp "
+                    "stanza per field whose value differs; not transactional. With `Accept: "
+                    f"{NDJSON}` the response streams one JSON line per event (plan, field, "
+                    "snapshot, and an error line after a failure).",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/UpdateRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "Applied; the complete settings WhatsApp confirmed.",
+                            "content": {
+                                "application/json": {"schema": updated},
+                                NDJSON: {"schema": {"type": "string"}},
+                            },
+                        },
+                        "400": _error_response(
+                            f"`{NO_SETTINGS_MESSAGE}`, an invalid value, malformed JSON, an "
+                            f"unknown key, or `{NOT_CONNECTED_MESSAGE}`."
+                        ),
+                        "413": _error_response(f"The body exceeds {MAX_BODY_BYTES} bytes."),
+                        "415": _error_response("Content-Type is not application/json."),
+                        "500": _error_response(
+                            "`failed to update <field> privacy: <reason>`; the fields before it "
+                            "stay applied (see `settings` and `fields`)."
+                        ),
+                        **_COMMON_ERRORS,
+                    },
+                },
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness",
+                    "operationId": "healthz",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The gateway is serving.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {"token": {"type": "apiKey", "in": "header", "name": "token"}},
+            "schemas": {
+                "UpdateRequest": _settings_schema(complete=False),
+                "Settings": _settings_schema(complete=True),
+                "FieldOutcome": _FIELD_OUTCOME,
+                "Error": _ERROR,
+            },
+        },
+    }

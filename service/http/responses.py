@@ -1,0 +1,104 @@
+"""JSON shapes of the REST surface: the contract's envelopes, engine events, and error statuses.
+
+``STATUS`` is the one place a ``GatewayError`` becomes an HTTP status. The contract answers 400
+for an instance that is not connected and 500 for a field WhatsApp refused; the rest follow
+HTTP's usual meanings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.engine import Event, FieldEvent, Plan, Snapshot, UpdateFailed
+from service.errors import Code, GatewayError
+from service.http.body import settings_json
+from service.settings import Settings
+
+UPDATED_MESSAGE = "Privacy settings updated successfully"
+NDJSON = "application/x-ndjson"
+
+STATUS: dict[Code, int] = {
+    Code.INVALID_ARGUMENT: 400,
+    Code.FAILED_PRECONDITION: 400,
+    Code.UNAUTHENTICATED: 401,
+    Code.PERMISSION_DENIED: 403,
+    Code.NOT_FOUND: 404,
+    Code.RESOURCE_EXHAUSTED: 429,
+    Code.CANCELLED: 499,
+    Code.INTERNAL: 500,
+    Code.UNAVAILABLE: 503,
+    Code.DEADLINE_EXCEEDED: 504,
+}
+
+
+#: Errors that HTTP has a more precise status for than their gRPC-shaped code.
+STATUS_BY_REASON = {"UNSUPPORTED_MEDIA_TYPE": 415, "BODY_TOO_LARGE": 413}
+
+
+def http_status(error: GatewayError) -> int:
+    # Every failure part-way through an update is the contract's 500, whatever stopped it.
+    if isinstance(error, UpdateFailed):
+        return 500
+    return STATUS_BY_REASON.get(error.reason) or STATUS[error.code]
+
+
+def error_body(error: GatewayError) -> dict[str, Any]:
+    """The contract's error envelope, with a stable reason and, after a partial update, the
+    settings as they now are and every field's outcome (so no GET is needed to know)."""
+    body: dict[str, Any] = {
+        "success": False,
+        "error": {"message": error.message, "reason": error.reason},
+    }
+    if isinstance(error, UpdateFailed):
+        body["settings"] = settings_json(error.snapshot.settings)
+        body["fields"] = [field_json(o) for o in error.snapshot.outcomes]
+    return body
+
+
+def updated_body(snapshot: Snapshot) -> dict[str, Any]:
+    return {
+        "success": True,
+        "message": UPDATED_MESSAGE,
+        "settings": settings_json(snapshot.settings),
+        "fields": [field_json(o) for o in snapshot.outcomes],
+    }
+
+
+def settings_body(settings: Settings) -> dict[str, Any]:
+    return {"success": True, "settings": settings_json(settings)}
+
+
+def field_json(event: FieldEvent) -> dict[str, Any]:
+    spec = event.field.spec
+    out: dict[str, Any] = {
+        "field": spec.rest_path,
+        "state": event.state.name,
+        "value": event.value,
+        "previous": event.previous,
+    }
+    if event.elapsed is not None:
+        out["elapsedMs"] = round(event.elapsed * 1000, 3)
+    if event.error:
+        out["error"] = event.error
+    return out
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    """One line of the NDJSON progress stream: the same events as the gRPC stream."""
+    if isinstance(event, Plan):
+        return {
+            "event": "plan",
+            "stanzas": event.stanzas,
+            "fields": [
+                {
+                    "field": step.field.spec.rest_path,
+                    "current": step.current,
+                    "target": step.target,
+                    "changes": step.changes,
+                }
+                for step in event.steps
+            ],
+        }
+    if isinstance(event, FieldEvent):
+        return {"event": "field", **field_json(event)}
+    return {"event": "snapshot", "settings": settings_json(event.settings)}

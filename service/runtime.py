@@ -1,0 +1,54 @@
+"""Runs the gateway: gRPC and REST in one event loop, until SIGTERM or SIGINT.
+
+Shutdown drains rather than drops: health turns NOT_SERVING, watch streams end cleanly, both
+servers stop taking calls and give in-flight ones the grace period, and only then are the
+WhatsApp sessions disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from service.gateway import Gateway
+from service.grpc.server import RunningServer, start_server
+from service.http.app import HttpServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the gateway ended up listening (port 0 in the configuration picks a free one)."""
+
+    grpc_port: int
+    http_port: int | None
+
+
+async def serve_until_signalled(
+    gateway: Gateway,
+    grpc_address: str,
+    http_address: str | None,
+    grace: float,
+    on_ready: Callable[[Endpoints], None] | None = None,
+) -> None:
+    grpc_server: RunningServer = await start_server(gateway, grpc_address)
+    http_server: HttpServer | None = None
+    if http_address:
+        http_server = HttpServer(gateway, shutdown_timeout=grace)
+        await http_server.start(http_address)
+    await gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    if on_ready is not None:
+        on_ready(Endpoints(grpc_server.port, http_server.port if http_server else None))
+    await stop.wait()
+    log.info("shutting down: in-flight calls have %.1f s to finish", grace)
+    await asyncio.gather(grpc_server.stop(grace), *([http_server.stop()] if http_server else []))
+    await gateway.close()
+    log.info("stopped")
