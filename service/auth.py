@@ -62,11 +62,12 @@ class TokenRegistry:
                 raise ValueError(f"{principal.label} and {other.label} share a token")
             self._by_hash[digest] = principal
 
-    def authenticate(self, token: str | None) -> Principal:
+    def authenticate(self, token: str | None, carrier: str = "metadata") -> Principal:
+        """The token's holder; ``carrier`` says where callers send it (gRPC metadata, header)."""
         if not token:
             raise GatewayError(
                 Code.UNAUTHENTICATED,
-                "Missing token: send it in the `token` metadata",
+                f"Missing token: send it in the `token` {carrier}",
                 "TOKEN_MISSING",
             )
         digest = hashlib.sha256(token.encode()).digest()

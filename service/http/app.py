@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from service import engine
 from service.auth import Principal
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 PRIVACY_PATH = "/api/profile/privacy/{instance}"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 def create_app(gateway: Gateway) -> web.Application:
@@ -70,17 +71,19 @@ class PrivacyApi:
         return web.json_response(responses.updated_body(snapshot))
 
     def _authorize(self, request: web.Request) -> Instance:
-        principal = self._gateway.tokens.authenticate(request.headers.get("token"))
-        request["principal"] = principal
+        principal = self._gateway.tokens.authenticate(request.headers.get("token"), "header")
+        request[PRINCIPAL] = principal
         self._gateway.limiter.check(principal.token_sha256)
         return self._gateway.instances.authorize(principal, request.match_info["instance"])
 
 
 async def _json_body(request: web.Request) -> Any:
-    if request.content_type != "application/json":
+    # aiohttp reports a missing Content-Type as application/octet-stream: look at the header.
+    given = request.content_type if hdrs.CONTENT_TYPE in request.headers else "missing"
+    if given != "application/json":
         raise GatewayError(
             Code.INVALID_ARGUMENT,
-            f"Content-Type must be application/json, not {request.content_type or 'missing'}",
+            f"Content-Type must be application/json, not {given}",
             "UNSUPPORTED_MEDIA_TYPE",
         )
     if (request.content_length or 0) > MAX_BODY_BYTES:
@@ -125,7 +128,7 @@ async def _envelope_errors(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except GatewayError as error:
         status = responses.http_status(error)
-        principal: Principal | None = request.get("principal")
+        principal = request.get(PRINCIPAL)
         log.info(
             "%s %s by %s: %d %s",
             request.method,

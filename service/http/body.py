@@ -28,7 +28,7 @@ def invalid(message: str, reason: str, field: str = "") -> GatewayError:
 def parse_json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, huge ints, depth
         raise invalid(f"Malformed JSON: {exc}", "MALFORMED_JSON") from exc
 
 
@@ -43,7 +43,7 @@ def requested_settings(body: Any) -> dict[Field, str]:
             )
     for section in SECTIONS:
         part = body.get(section)
-        if part is not None and not isinstance(part, dict):
+        if section in body and not isinstance(part, dict):
             raise invalid(f"{section} must be an object", "SECTION_NOT_OBJECT", section)
         names = [s.rest_name for s in _FIELDS_OF[section]]
         for key in part or {}:

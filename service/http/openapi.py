@@ -31,12 +31,19 @@ def _section_schema(section: str, *, required: bool) -> dict[str, Any]:
 
 
 def _settings_schema(*, complete: bool) -> dict[str, Any]:
-    return {
+    schema: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
-        "required": list(SECTIONS) if complete else [],
         "properties": {s: _section_schema(s, required=complete) for s in SECTIONS},
     }
+    if complete:
+        schema["required"] = list(SECTIONS)
+    else:
+        # At least one setting, in any subsection (empty subsections beside it are fine).
+        schema["anyOf"] = [
+            {"required": [s], "properties": {s: {"minProperties": 1}}} for s in SECTIONS
+        ]
+    return schema
 
 
 _FIELD_OUTCOME = {

@@ -1,0 +1,276 @@
+"""The operation journal: every update, durable in SQLite before the caller hears of it.
+
+One row per operation and one per field outcome (a restore after a rollback is an outcome of
+its own), written as they happen, so a gateway killed mid-update leaves the operation readable:
+on the next start it is marked INTERRUPTED, with the fields that were applied.
+
+SQLite in WAL mode with ``synchronous=FULL``: a commit is on disk when it returns. Writes go
+through one thread (``JournalWriter``), so the event loop never waits on a disk flush and the
+writes keep their order.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS operations (
+    id            TEXT PRIMARY KEY,
+    instance      TEXT NOT NULL,
+    requested_by  TEXT NOT NULL,
+    request_id    TEXT,
+    body_hash     TEXT NOT NULL,
+    requested     TEXT NOT NULL,
+    policy        TEXT NOT NULL,
+    validate_only INTEGER NOT NULL,
+    force         INTEGER NOT NULL,
+    state         TEXT NOT NULL,
+    started_at    REAL NOT NULL,
+    ended_at      REAL,
+    settings      TEXT,
+    error_code    TEXT,
+    error_reason  TEXT,
+    error_message TEXT
+);
+CREATE INDEX IF NOT EXISTS operations_by_instance ON operations (instance, started_at, id);
+CREATE UNIQUE INDEX IF NOT EXISTS operations_by_request
+    ON operations (instance, request_id) WHERE request_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS outcomes (
+    operation_id TEXT NOT NULL REFERENCES operations (id) ON DELETE CASCADE,
+    position     INTEGER NOT NULL,
+    field        TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    value        TEXT NOT NULL,
+    previous     TEXT NOT NULL,
+    elapsed      REAL,
+    error        TEXT,
+    PRIMARY KEY (operation_id, position)
+);
+"""
+
+RUNNING = "RUNNING"
+INTERRUPTED = "INTERRUPTED"
+
+
+@dataclass(frozen=True)
+class OutcomeRow:
+    position: int
+    field: str
+    state: str
+    value: str
+    previous: str
+    elapsed: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class OperationRow:
+    id: str
+    instance: str
+    requested_by: str
+    request_id: str | None
+    body_hash: str
+    requested: Mapping[str, str]
+    policy: str
+    validate_only: bool
+    force: bool
+    state: str
+    started_at: float
+    ended_at: float | None = None
+    settings: Mapping[str, str] | None = None
+    error_code: str | None = None
+    error_reason: str | None = None
+    error_message: str | None = None
+    outcomes: tuple[OutcomeRow, ...] = field(default=())
+
+
+class Journal:
+    """Synchronous access to the journal database; use it from one thread at a time."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def begin(self, row: OperationRow) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO operations (id, instance, requested_by, request_id, body_hash,"
+                " requested, policy, validate_only, force, state, started_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.id, row.instance, row.requested_by, row.request_id, row.body_hash,
+                    json.dumps(dict(row.requested)), row.policy, int(row.validate_only),
+                    int(row.force), row.state, row.started_at,
+                ),
+            )  # fmt: skip
+
+    def record(self, operation_id: str, outcome: OutcomeRow) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO outcomes (operation_id, position, field, state, value,"
+                " previous, elapsed, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    operation_id, outcome.position, outcome.field, outcome.state, outcome.value,
+                    outcome.previous, outcome.elapsed, outcome.error,
+                ),
+            )  # fmt: skip
+
+    def finish(
+        self,
+        operation_id: str,
+        state: str,
+        settings: Mapping[str, str] | None,
+        error: tuple[str, str, str] | None,
+    ) -> None:
+        code, reason, message = error or (None, None, None)
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE operations SET state = ?, ended_at = ?, settings = ?, error_code = ?,"
+                " error_reason = ?, error_message = ? WHERE id = ?",
+                (
+                    state, time.time(), json.dumps(dict(settings)) if settings else None,
+                    code, reason, message, operation_id,
+                ),
+            )  # fmt: skip
+
+    def mark_interrupted(self) -> int:
+        """Operations a previous process left RUNNING (it died mid-update): INTERRUPTED."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE operations SET state = ?, ended_at = ?, error_reason = ?,"
+                " error_message = ? WHERE state = ?",
+                (
+                    INTERRUPTED, time.time(), "INTERRUPTED",
+                    "the gateway stopped before the update finished", RUNNING,
+                ),
+            )  # fmt: skip
+            return cursor.rowcount
+
+    def purge(self, older_than: float) -> int:
+        """Deletes finished operations that ended before ``older_than`` (a ``time.time()``)."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "DELETE FROM operations WHERE state != ? AND ended_at < ?", (RUNNING, older_than)
+            )
+            return cursor.rowcount
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, instance: str, operation_id: str) -> OperationRow | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM operations WHERE instance = ? AND id = ?", (instance, operation_id)
+            ).fetchone()
+            return self._with_outcomes(row) if row else None
+
+    def find_request(self, instance: str, request_id: str) -> OperationRow | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM operations WHERE instance = ? AND request_id = ?",
+                (instance, request_id),
+            ).fetchone()
+            return self._with_outcomes(row) if row else None
+
+    def list(
+        self, instance: str, page_size: int, page_token: str = ""
+    ) -> tuple[list[OperationRow], str]:
+        """Newest first; returns the page and the token of the next one ("" at the end)."""
+        before = decode_page_token(page_token) if page_token else (float("inf"), "")
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM operations WHERE instance = ?"
+                " AND (started_at < ? OR (started_at = ? AND id < ?))"
+                " ORDER BY started_at DESC, id DESC LIMIT ?",
+                (instance, before[0], before[0], before[1], page_size + 1),
+            ).fetchall()
+            page = [self._with_outcomes(r) for r in rows[:page_size]]
+        more = len(rows) > page_size
+        token = encode_page_token(page[-1].started_at, page[-1].id) if more and page else ""
+        return page, token
+
+    def _with_outcomes(self, row: sqlite3.Row) -> OperationRow:
+        outcomes = self._db.execute(
+            "SELECT * FROM outcomes WHERE operation_id = ? ORDER BY position", (row["id"],)
+        ).fetchall()
+        return OperationRow(
+            id=row["id"],
+            instance=row["instance"],
+            requested_by=row["requested_by"],
+            request_id=row["request_id"],
+            body_hash=row["body_hash"],
+            requested=json.loads(row["requested"]),
+            policy=row["policy"],
+            validate_only=bool(row["validate_only"]),
+            force=bool(row["force"]),
+            state=row["state"],
+            started_at=row["started_at"],
+            ended_at=row["ended_at"],
+            settings=json.loads(row["settings"]) if row["settings"] else None,
+            error_code=row["error_code"],
+            error_reason=row["error_reason"],
+            error_message=row["error_message"],
+            outcomes=tuple(
+                OutcomeRow(
+                    o["position"],
+                    o["field"],
+                    o["state"],
+                    o["value"],
+                    o["previous"],
+                    o["elapsed"],
+                    o["error"],
+                )
+                for o in outcomes
+            ),
+        )
+
+
+def encode_page_token(started_at: float, operation_id: str) -> str:
+    raw = json.dumps([started_at, operation_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_page_token(token: str) -> tuple[float, str]:
+    """Raises ValueError for a token this journal did not make."""
+    try:
+        started_at, operation_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, TypeError) as exc:
+        raise ValueError("invalid page_token") from exc
+    if not isinstance(started_at, int | float) or not isinstance(operation_id, str):
+        raise ValueError("invalid page_token")
+    return float(started_at), operation_id
+
+
+def as_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
