@@ -152,6 +152,11 @@ class NeonizeFFI:
         # Stop is declared to return a string that neonize then frees, but the Go function returns
         # nothing: freeing whatever the register held would be undefined. Read nothing instead.
         self._go.Stop.restype = None
+        # Go keeps calling a client's callbacks (its logger above all) after Neonize returns: a
+        # failed dial leaves the client in neonize's map. The ctypes wrappers must outlive it;
+        # the last two connections' are kept per session (the older one is what Go may still
+        # hold while the newer registers).
+        self._callbacks: dict[bytes, list[tuple[Any, ...]]] = {}
 
     def connect(
         self, session_id: bytes, store: str, proxy: str | None, callbacks: LinkCallbacks
@@ -190,6 +195,8 @@ class NeonizeFFI:
 
         refs = (func_string(on_qr), func_string(on_status), func_callback_bytes(on_event))
         log_ref = func_callback_bytes2(on_log)
+        kept = self._callbacks.setdefault(session_id, [])
+        kept[:] = [*kept[-1:], (*refs, log_ref)]
         subscriptions = bytes(sorted(EVENT_CODES.values()))
         props = DeviceProps(os="privacy-gateway", platformType=DeviceProps.CHROME)
         props_bytes = props.SerializeToString()

@@ -104,15 +104,25 @@ class Link:
         self._thread.start()
 
     async def stop(self, executor: Executor) -> None:
-        """Ends the connection and waits (a bounded time) for ``Neonize`` to return."""
-        timeout = STOP_TIMEOUT
+        """Ends the connection and waits, at most ``STOP_TIMEOUT``, for ``Neonize`` to return.
+
+        neonize's Stop itself blocks while a dial is stuck, so both the call and the return are
+        waited for under one deadline, and neither is cancelled if it passes.
+        """
+        if self.returned.done():
+            return
         loop = asyncio.get_running_loop()
-        if not self.returned.done():
-            await loop.run_in_executor(executor, self._ffi.stop, self._session_id)
-        try:
-            await asyncio.wait_for(asyncio.shield(self.returned), timeout)
-        except TimeoutError:
-            log.warning("%s: the connection did not end within %.0f s", self._thread.name, timeout)
+        stopping = loop.run_in_executor(executor, self._ffi.stop, self._session_id)
+        stopping.add_done_callback(_log_failure)
+        done, _ = await asyncio.wait([self.returned], timeout=STOP_TIMEOUT)
+        if not done:
+            log.warning("%s: the connection did not end within %.0f s", self._thread.name,
+                        STOP_TIMEOUT)  # fmt: skip
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("stopping a connection failed: %s", future.exception())
 
 
 def _settle(future: asyncio.Future[str], result: str) -> None:
@@ -198,12 +208,14 @@ class WhatsAppSession:
         self._supervisor = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
 
     async def close(self) -> None:
+        # Stop the connection first: the supervisor waits on it, and cancelling the supervisor
+        # first would cancel that wait and leave the Go connection running.
         self._closing = True
-        if self._supervisor is not None:
-            self._supervisor.cancel()
+        self._wake.set()
         if self._link is not None:
             await self._link.stop(self._executor)
         if self._supervisor is not None:
+            self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
 
     # -- pairing -----------------------------------------------------------------------------
@@ -217,8 +229,8 @@ class WhatsAppSession:
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._pairing = queue
         try:
-            if self._link is not None and self._status.state is not SessionState.PAIRING:
-                await self._link.stop(self._executor)  # a dial being retried: restart it now
+            # A dial in progress answers the pairing too (QR codes, or its error); a supervisor
+            # waiting out a backoff dials now.
             self._wake.set()
             code_sent = False
             while True:
@@ -267,6 +279,7 @@ class WhatsAppSession:
             if error:
                 self._set_state(SessionState.DISCONNECTED, error)
                 self._tell_pairing("unreachable", error)
+                self._pairing = None  # that pairing has its answer; the backoff applies again
                 await self._sleep(delay)
                 delay = self._backoff.next(delay)
             elif self._status.state is SessionState.CONNECTED:
