@@ -9,9 +9,12 @@ caller and then check what "WhatsApp" holds and how many stanzas were sent.
 
 from __future__ import annotations
 
+import io
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from unittest import mock
 
 import pytest
 from grpc import aio
@@ -26,6 +29,27 @@ from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_gr
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
 from service.sessions.simulated import SimulatedSession
 from service.settings import Settings
+
+
+def _popen_waited(command: str, mode: str = "r", buffering: int = -1) -> io.StringIO:
+    """``os.popen`` for reading, with the process waited for and its pipe closed."""
+    done = subprocess.run(command, shell=True, capture_output=True, text=True, check=False)
+    return io.StringIO(done.stdout)
+
+
+def _import_neonize_quietly() -> None:
+    """Imports neonize once, before any test module does.
+
+    Importing anything of neonize (its protobuf modules included) runs its package __init__,
+    which loads the Go library and, to name it, reads ``os.popen("uname -a")`` without closing
+    it (neonize/utils/platform.py). The leaked pipe is reported as a ResourceWarning whenever it
+    is collected, and with warnings as errors that fails whichever test runs then.
+    """
+    with mock.patch("os.popen", _popen_waited):
+        import neonize  # noqa: F401
+
+
+_import_neonize_quietly()
 
 ACME_TOKEN = "acme-account-token"
 SALES_TOKEN = "sales-instance-token"

@@ -9,32 +9,12 @@ A few checks run in a child process. neonize can crash the whole process (a Go f
 exception), and a crash must show up as one failing test, not as the end of the test run.
 """
 
-# ruff: noqa: E402 - neonize is imported first, under the guard below
 from __future__ import annotations
-
-import io
-import subprocess
-from unittest import mock
-
-
-def _popen_waited(command: str, mode: str = "r", buffering: int = -1) -> io.StringIO:
-    """``os.popen`` for reading, with the child waited for and its pipe closed."""
-    done = subprocess.run(command, shell=True, capture_output=True, text=True, check=False)
-    return io.StringIO(done.stdout)
-
-
-# neonize's package __init__ (run by importing any of its modules, protobufs included) reads
-# ``os.popen("uname -a")`` and never closes the pipe nor waits for the child
-# (neonize/utils/platform.py, ``generated_name``). The ResourceWarnings that follow surface as
-# unraisable-exception warnings at some later test or at the end of the run, where a
-# filterwarnings mark cannot reach them; so neonize is imported here, before anything of the
-# service pulls it in, with a popen that cleans up after itself.
-with mock.patch("os.popen", _popen_waited):
-    import neonize  # noqa: F401
 
 import asyncio
 import contextlib
 import json
+import subprocess
 import sys
 import threading
 import time

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import grpc
@@ -146,8 +146,9 @@ def instances(args: argparse.Namespace) -> int:
     for item in response.instances:
         kind = instance_pb.SessionKind.Name(item.kind).removeprefix("SESSION_KIND_").lower()
         state = instance_pb.InstanceState.Name(item.state).removeprefix("INSTANCE_STATE_")
-        since = item.state_since.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
-        detail = item.jid or item.last_error
+        since = item.state_since.ToDatetime(tzinfo=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        connected = item.state == instance_pb.INSTANCE_STATE_CONNECTED
+        detail = item.jid if connected or not item.last_error else item.last_error
         print(f"{item.name:<16} {item.account:<12} {kind:<10} {state:<13} {since:<20} {detail}")
     return 0
 

@@ -170,7 +170,14 @@ class StandInFFI:
         account.cached = True
 
     def _go_online(self, account: StandInAccount) -> None:
+        """As neonize does on every connection: the device (with its JID), then Connected."""
         account.connected = True
+        if account.jid:
+            device = npb.Device()
+            user, _, server = account.jid.partition("@")
+            device.JID.User = user
+            device.JID.Server = server or "s.whatsapp.net"
+            self._emit(account, "Device", device.SerializePartialToString())
         self._emit(account, "Connected", npb.Connected(status=True).SerializeToString())
 
     def _show_qr_codes(self, account: StandInAccount) -> None:

@@ -222,8 +222,9 @@ class WhatsAppSession:
 
     async def pair(self, phone: str | None) -> AsyncIterator[PairEvent]:
         """QR codes (or one pairing code for ``phone``) until the device is linked."""
-        if self._status.state is SessionState.CONNECTED:
-            raise _pair_error(Code.FAILED_PRECONDITION, f"already paired as {self._status.jid}")
+        if self._status.state is SessionState.CONNECTED or self._status.jid:
+            paired_as = self._status.jid or "a linked account"
+            raise _pair_error(Code.FAILED_PRECONDITION, f"already paired as {paired_as}")
         if self._pairing is not None:
             raise _pair_error(Code.FAILED_PRECONDITION, "a pairing is already in progress")
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -244,6 +245,8 @@ class WhatsAppSession:
                 elif kind == "paired":
                     yield PairEvent(jid=data)
                     return
+                elif kind == "connected":  # the store held a linked device after all
+                    raise _pair_error(Code.FAILED_PRECONDITION, f"already paired as {data}")
                 elif kind == "timeout":
                     raise _pair_error(Code.DEADLINE_EXCEEDED, "no QR code was scanned in time")
                 else:
@@ -312,6 +315,7 @@ class WhatsAppSession:
             self._on_pair_status(npb.PairStatus.FromString(data))
         elif kind == "Connected":
             self._set_state(SessionState.CONNECTED, jid=self._status.jid)
+            self._tell_pairing("connected", self._status.jid or "a linked account")
         elif kind == "Device":
             device = npb.Device.FromString(data)
             jid = f"{device.JID.User}@{device.JID.Server}" if device.JID.User else ""
@@ -322,6 +326,7 @@ class WhatsAppSession:
         elif kind == "LoggedOut":
             self._cache = None
             self._set_state(SessionState.LOGGED_OUT, "logged out from the phone")
+            self._status = replace(self._status, jid="")
             self._spawn(link.stop(self._executor))
         elif kind == "PrivacySettings":
             self._spawn(self._refresh_after_phone_change(codec.changed_fields(data)))

@@ -1,0 +1,159 @@
+"""The WhatsApp kind updates many instances at once: a stanza blocks a thread, not the gateway.
+
+200 linked WhatsApp instances on the stand-in, whose every stanza blocks its calling thread for
+50 ms the way neonize's Go call does. Run one after another, 200 one-field updates would take
+200 x 50 ms = 10 s; the gateway runs them in about one round trip, because each instance's stanza
+goes to the shared stanza executor (``stanza_threads``, 256 by default) and the event loop is free
+meanwhile. With only 8 threads the same work queues up behind them, which shows it is that
+executor, not the event loop alone, that carries the load.
+
+Every instance's settings are read once before the clock starts, so the timed part is only the
+set stanzas (whatsmeow fetches the settings with one stanza before an instance's first set).
+Measured figures are printed; ``pytest -s`` shows them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from service.config import from_mapping
+from service.proto.wagateway.privacy.v1 import instance_service_pb2 as instance_pb
+from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
+from service.sessions.simulated import DEFAULT_SETTINGS
+from service.settings import Field
+from tests.test_whatsapp_session import (
+    CONNECTED,
+    JID,
+    TIMEOUT,
+    StandInFFI,
+    StartWhatsApp,
+    WaGateway,
+    WhatsAppSession,
+    whatsapp_gateways,
+)
+
+INSTANCES = 200
+LATENCY = 0.05
+#: One-field updates done one after another would take this long.
+SERIAL_ONE_FIELD = INSTANCES * LATENCY
+
+NAMES = [f"wa-{index:03}" for index in range(INSTANCES)]
+
+#: A value differing from a fresh account's for every field, so each of the seven costs a stanza.
+EVERY_FIELD_CHANGED = {
+    Field.LAST_SEEN: "contacts",
+    Field.STATUS: "none",
+    Field.PROFILE: "contacts",
+    Field.ONLINE: "match_last_seen",
+    Field.READ_RECEIPTS: "none",
+    Field.CALL_ADD: "known",
+    Field.GROUP_ADD: "contacts",
+}
+assert all(DEFAULT_SETTINGS[f] != v for f, v in EVERY_FIELD_CHANGED.items())
+assert set(EVERY_FIELD_CHANGED) == set(Field)
+
+
+@pytest.fixture
+async def start_whatsapp(tmp_path: Path) -> AsyncIterator[StartWhatsApp]:
+    async with whatsapp_gateways(tmp_path) as start:
+        yield start
+
+
+async def many_linked(start_whatsapp: StartWhatsApp, **overrides: object) -> WaGateway:
+    """200 linked WhatsApp instances, all CONNECTED, each with its settings read once."""
+    ffi = StandInFFI(latency=LATENCY)
+    for name in NAMES:
+        ffi.account(name.encode()).jid = JID
+    running = await start_whatsapp(ffi, *NAMES, **overrides)
+    for name in NAMES:
+        instance = running.gateway.instances.get(name)
+        assert instance is not None
+        assert isinstance(instance.session, WhatsAppSession)
+
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        response = await running.instances.ListInstances(
+            instance_pb.ListInstancesRequest(), metadata=running.metadata()
+        )
+        states = [i.state for i in response.instances]
+        if len(states) == INSTANCES and set(states) == {CONNECTED}:
+            break
+        assert time.monotonic() < deadline, f"{states.count(CONNECTED)} of {INSTANCES} connected"
+        await asyncio.sleep(0.02)
+
+    await asyncio.gather(*(running.get(name) for name in NAMES))
+    assert ffi.stanzas == INSTANCES, "one fetch per instance warms its settings cache"
+    return running
+
+
+async def timed_updates(running: WaGateway, values: dict[Field, str]) -> tuple[float, int]:
+    """Updates every instance at once with ``values``: (seconds taken, stanzas sent)."""
+    before = running.ffi.stanzas
+    requested = {field.value: value for field, value in values.items()}
+    started = time.monotonic()
+    responses = await asyncio.gather(*(running.update(name, **requested) for name in NAMES))
+    elapsed = time.monotonic() - started
+    for response in responses:
+        assert [u.state for u in response.fields] == [pb.FIELD_STATE_APPLIED] * len(values)
+    for name in NAMES:
+        settings = running.ffi.account(name.encode()).settings
+        assert all(settings[f] == v for f, v in values.items()), name
+    return elapsed, running.ffi.stanzas - before
+
+
+async def test_200_instances_update_one_field_each_concurrently(
+    start_whatsapp: StartWhatsApp,
+) -> None:
+    running = await many_linked(start_whatsapp)
+
+    elapsed, stanzas = await timed_updates(running, {Field.LAST_SEEN: "none"})
+
+    print(
+        f"\n{INSTANCES} WhatsApp instances, one field each, {LATENCY * 1000:.0f} ms per stanza, "
+        f"{from_mapping({}).stanza_threads} stanza threads: {elapsed:.3f} s "
+        f"(one after another: {SERIAL_ONE_FIELD:.1f} s)"
+    )
+    assert stanzas == INSTANCES
+    assert elapsed < SERIAL_ONE_FIELD * 0.5, f"{elapsed:.2f} s"
+
+
+async def test_200_instances_update_all_seven_fields_each_concurrently(
+    start_whatsapp: StartWhatsApp,
+) -> None:
+    running = await many_linked(start_whatsapp)
+
+    elapsed, stanzas = await timed_updates(running, EVERY_FIELD_CHANGED)
+
+    serial = INSTANCES * len(Field) * LATENCY
+    floor = len(Field) * LATENCY  # one instance's seven stanzas go one after another
+    print(
+        f"\n{INSTANCES} WhatsApp instances, all seven fields each: {elapsed:.3f} s "
+        f"(one after another: {serial:.0f} s; one instance alone: {floor:.2f} s)"
+    )
+    assert stanzas == INSTANCES * len(Field)
+    assert floor <= elapsed < SERIAL_ONE_FIELD * 0.5, f"{elapsed:.2f} s"
+
+
+async def test_the_stanza_executor_is_what_carries_the_concurrency(
+    start_whatsapp: StartWhatsApp,
+) -> None:
+    assert from_mapping({}).stanza_threads == 256
+    default = await many_linked(start_whatsapp)
+    default_elapsed, default_stanzas = await timed_updates(default, {Field.LAST_SEEN: "none"})
+    few = await many_linked(start_whatsapp, stanza_threads=8)
+    few_elapsed, few_stanzas = await timed_updates(few, {Field.LAST_SEEN: "none"})
+
+    queued = INSTANCES / 8 * LATENCY  # 25 rounds of 8 stanzas
+    print(
+        f"\n{INSTANCES} one-field updates: {default_elapsed:.3f} s with 256 stanza threads, "
+        f"{few_elapsed:.3f} s with 8 (8 threads cannot beat {queued:.2f} s); "
+        f"ratio {few_elapsed / default_elapsed:.1f}x"
+    )
+    assert default_stanzas == few_stanzas == INSTANCES
+    assert few_elapsed >= queued * 0.9
+    assert few_elapsed > 3 * default_elapsed
