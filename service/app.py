@@ -11,6 +11,7 @@ from service.auth import Principal, Scope, TokenRegistry, hash_token, new_token
 from service.config import GatewayConfig, InstanceConfig, from_mapping
 from service.gateway import Gateway
 from service.instances import Instance, InstanceDirectory
+from service.operations import Operations
 from service.ratelimit import RateLimiter
 from service.sessions.base import Session
 from service.sessions.simulated import DEFAULT_SETTINGS, SimulatedSession
@@ -39,7 +40,9 @@ def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gate
         Instance(i.name, i.account, sessions.build(i)) for i in config.instances
     )
     limiter = RateLimiter(config.rate_limit_per_minute)
-    return Gateway(instances, TokenRegistry(principals), limiter, executor)
+    retention = config.journal_retention_days * 86400
+    operations = Operations(Path(config.data_dir) / "journal.db", retention)
+    return Gateway(instances, TokenRegistry(principals), limiter, operations, executor)
 
 
 class WhatsAppSessions:

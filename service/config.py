@@ -113,6 +113,8 @@ class GatewayConfig(_Strict):
     #: Backoff between connection attempts: first delay, doubling up to the maximum.
     reconnect_initial_seconds: Annotated[float, Field(gt=0)] = 1.0
     reconnect_max_seconds: Annotated[float, Field(gt=0)] = 60.0
+    #: How long finished updates stay in the operation journal (and request_ids stay valid).
+    journal_retention_days: Annotated[float, Field(gt=0)] = 30.0
     accounts: list[AccountConfig] = []
     instances: list[InstanceConfig] = []
 

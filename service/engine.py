@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from service import errors
@@ -34,6 +34,43 @@ class FieldState(enum.Enum):
     UNCHANGED = "unchanged"
     FAILED = "failed"
     NOT_ATTEMPTED = "not_attempted"
+    RESTORE_STARTED = "restore_started"
+    RESTORED = "restored"
+    RESTORE_FAILED = "restore_failed"
+
+
+#: The states a field ends an update in (STARTED and RESTORE_STARTED are progress).
+FINAL_STATES = frozenset(FieldState) - {FieldState.STARTED, FieldState.RESTORE_STARTED}
+
+
+class FailurePolicy(enum.Enum):
+    """What happens when a field fails: the contract's STOP, or CONTINUE, or ROLLBACK."""
+
+    STOP = "stop"
+    CONTINUE = "continue"
+    ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateOptions:
+    policy: FailurePolicy = FailurePolicy.STOP
+    #: Send every requested field, even one whose cached value already matches.
+    force: bool = False
+    #: Plan only: no stanza.
+    validate_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Halt:
+    """Why no further stanza may start: the caller cancelled, or its deadline passed."""
+
+    code: Code
+    reason: str
+
+
+HaltCheck = Callable[[], Halt | None]
+DEADLINE_PASSED = Halt(Code.DEADLINE_EXCEEDED, "the deadline passed")
+CALLER_CANCELLED = Halt(Code.CANCELLED, "the caller cancelled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +78,16 @@ class PlanStep:
     field: Field
     current: str
     target: str
+    force: bool = False
 
     @property
     def changes(self) -> bool:
         return self.current != self.target
+
+    @property
+    def sends(self) -> bool:
+        """Whether a stanza goes out for this field."""
+        return self.changes or self.force
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +99,7 @@ class Plan:
     @property
     def stanzas(self) -> int:
         """How many stanzas the update will send if nothing fails."""
-        return sum(step.changes for step in self.steps)
+        return sum(step.sends for step in self.steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,67 +158,115 @@ async def update(
     instance: Instance,
     requested: Mapping[Field, str],
     *,
+    options: UpdateOptions = UpdateOptions(),
     deadline: float | None = None,
+    halt: HaltCheck | None = None,
 ) -> AsyncIterator[Event]:
     """Applies ``requested`` to ``instance``, yielding a Plan, FieldEvents, then a Snapshot.
 
-    ``deadline`` is a ``time.monotonic()`` instant after which no stanza is started. Errors before
-    the plan (empty request, not connected, settings unknown) are raised before any event.
+    No stanza starts once ``deadline`` (a ``time.monotonic()`` instant) has passed or ``halt``
+    answers a reason. Errors before the plan (empty request, not connected, settings unknown) are
+    raised before any event.
     """
     wanted = validate(requested)
+    should_halt = _halt_check(deadline, halt)
     async with instance.lock:
         current = await read_settings(instance)
-        plan = Plan(tuple(PlanStep(f, current[f], v) for f, v in wanted.items()))
+        steps = (PlanStep(f, current[f], v, options.force) for f, v in wanted.items())
+        plan = Plan(tuple(steps))
         yield plan
-        outcomes: list[FieldEvent] = []
-        failure: tuple[PlanStep, SessionError | None] | None = None
-        stop_reason = ""
-        for step in plan.steps:
-            if failure is not None:
-                outcome = _not_attempted(step, stop_reason)
-            elif not step.changes:
-                outcome = FieldEvent(step.field, FieldState.UNCHANGED, step.target, step.current)
-            elif deadline is not None and time.monotonic() >= deadline:
-                failure, stop_reason = (step, None), "the deadline passed"
-                outcome = _not_attempted(step, stop_reason)
-            else:
-                yield FieldEvent(step.field, FieldState.STARTED, step.target, step.current)
-                outcome, error, answered = await _apply(instance, step)
-                current = answered or current
-                if error is not None:
-                    failure, stop_reason = (step, error), f"{step.field.spec.rest_name} failed"
-            outcomes.append(outcome)
-            yield outcome
-        settings = await _read_back(instance, current)
-        snapshot = Snapshot(settings, tuple(outcomes))
-        if failure is not None:
-            snapshot = Snapshot(settings, snapshot.outcomes, _failed(instance, snapshot, *failure))
+        if options.validate_only:
+            yield Snapshot(current, ())
+            return
+        run = _Run(instance, current)
+        async for event in run.apply(plan, options.policy, should_halt):
+            yield event
+        if run.failures and options.policy is FailurePolicy.ROLLBACK:
+            async for event in run.roll_back():
+                yield event
+        settings = await _read_back(instance, run.latest)
+        snapshot = Snapshot(settings, tuple(run.outcomes))
+        if run.failures or run.halted:
+            snapshot = Snapshot(settings, snapshot.outcomes, _failed(instance, snapshot, run))
         yield snapshot
 
 
-async def _apply(
-    instance: Instance, step: PlanStep
-) -> tuple[FieldEvent, SessionError | None, Settings | None]:
-    """Sends one stanza: its outcome, the error if any, and the settings WhatsApp answered."""
-    started = time.monotonic()
-    stanza = asyncio.ensure_future(instance.session.set_setting(step.field, step.target))
-    try:
-        answered = await asyncio.shield(stanza)
-    except asyncio.CancelledError:
-        # The caller went away: let the stanza in flight finish (WhatsApp applies it anyway), so
-        # the session's state is settled before the next update takes the lock.
-        await asyncio.wait([stanza])
-        raise
-    except SessionError as exc:
-        # A stanza that could not even be sent has no round trip to report.
-        elapsed = None if exc.connection_lost else time.monotonic() - started
-        failed = FieldEvent(
-            step.field, FieldState.FAILED, step.target, step.current, elapsed, exc.reason
+def _halt_check(deadline: float | None, halt: HaltCheck | None) -> HaltCheck:
+    def check() -> Halt | None:
+        if halt is not None and (reason := halt()) is not None:
+            return reason
+        if deadline is not None and time.monotonic() >= deadline:
+            return DEADLINE_PASSED
+        return None
+
+    return check
+
+
+class _Run:
+    """One update's progress: the outcomes so far, the failures, and what stopped it."""
+
+    def __init__(self, instance: Instance, current: Settings) -> None:
+        self.instance = instance
+        self.latest = current
+        self.outcomes: list[FieldEvent] = []
+        self.failures: list[tuple[PlanStep, SessionError]] = []
+        self.halted: tuple[PlanStep, Halt] | None = None
+
+    async def apply(
+        self, plan: Plan, policy: FailurePolicy, should_halt: HaltCheck
+    ) -> AsyncIterator[FieldEvent]:
+        stop_reason = ""
+        for step in plan.steps:
+            if stop_reason:
+                outcome = _not_attempted(step, stop_reason)
+            elif not step.sends:
+                outcome = FieldEvent(step.field, FieldState.UNCHANGED, step.target, step.current)
+            elif (halt := should_halt()) is not None:
+                self.halted, stop_reason = (step, halt), halt.reason
+                outcome = _not_attempted(step, stop_reason)
+            else:
+                yield FieldEvent(step.field, FieldState.STARTED, step.target, step.current)
+                outcome, error = await self._send(step.field, step.target, step.current)
+                if error is not None:
+                    self.failures.append((step, error))
+                    if policy is not FailurePolicy.CONTINUE:
+                        stop_reason = f"{step.field.spec.rest_name} failed"
+            self.outcomes.append(outcome)
+            yield outcome
+
+    async def roll_back(self) -> AsyncIterator[FieldEvent]:
+        """Puts each applied field back, latest first. Runs to the end even if the caller left:
+        a half-done rollback would be worse than either state."""
+        applied = [o for o in self.outcomes if o.state is FieldState.APPLIED]
+        for done in reversed(applied):
+            yield FieldEvent(done.field, FieldState.RESTORE_STARTED, done.previous, done.value)
+            outcome, _ = await self._send(done.field, done.previous, done.value, restore=True)
+            self.outcomes.append(outcome)
+            yield outcome
+
+    async def _send(
+        self, field: Field, value: str, previous: str, *, restore: bool = False
+    ) -> tuple[FieldEvent, SessionError | None]:
+        ok, failed = (
+            (FieldState.RESTORED, FieldState.RESTORE_FAILED)
+            if restore
+            else (FieldState.APPLIED, FieldState.FAILED)
         )
-        return failed, exc, None
-    elapsed = time.monotonic() - started
-    applied = FieldEvent(step.field, FieldState.APPLIED, step.target, step.current, elapsed)
-    return applied, None, answered
+        started = time.monotonic()
+        stanza = asyncio.ensure_future(self.instance.session.set_setting(field, value))
+        try:
+            answered = await asyncio.shield(stanza)
+        except asyncio.CancelledError:
+            # The caller went away: let the stanza in flight finish (WhatsApp applies it
+            # anyway), so the session's state is settled before the next update takes the lock.
+            await asyncio.wait([stanza])
+            raise
+        except SessionError as exc:
+            # A stanza that could not even be sent has no round trip to report.
+            elapsed = None if exc.connection_lost else time.monotonic() - started
+            return FieldEvent(field, failed, value, previous, elapsed, exc.reason), exc
+        self.latest = answered
+        return FieldEvent(field, ok, value, previous, time.monotonic() - started), None
 
 
 async def _read_back(instance: Instance, last_answer: Settings) -> Settings:
@@ -201,36 +292,54 @@ def _not_attempted(step: PlanStep, reason: str) -> FieldEvent:
     )
 
 
-def _failed(
-    instance: Instance, snapshot: Snapshot, step: PlanStep, error: SessionError | None
-) -> UpdateFailed:
-    name = step.field.spec.rest_name
+def _failed(instance: Instance, snapshot: Snapshot, run: _Run) -> UpdateFailed:
+    """The error an unfinished update ends with: the first failure names it, as in the contract."""
     metadata = {
         "instance": instance.name,
-        "field": step.field.value,
-        "applied": ",".join(f.value for f in snapshot.fields_in(FieldState.APPLIED)),
-        "not_attempted": ",".join(f.value for f in snapshot.fields_in(FieldState.NOT_ATTEMPTED)),
+        "applied": _names(snapshot, FieldState.APPLIED),
+        "not_attempted": _names(snapshot, FieldState.NOT_ATTEMPTED),
     }
-    if error is None:
+    if not run.failures:
+        assert run.halted is not None
+        step, halt = run.halted
+        metadata["field"] = step.field.value
         failed = UpdateFailed(
-            Code.DEADLINE_EXCEEDED,
-            f"deadline exceeded before updating {name} privacy",
-            "DEADLINE_EXCEEDED",
+            halt.code,
+            f"{halt.reason} before updating {step.field.spec.rest_name} privacy",
+            halt.code.value,
             metadata,
         )
-    elif error.connection_lost:
-        failed = UpdateFailed(
-            Code.UNAVAILABLE,
-            f"failed to update {name} privacy: {error.reason}",
-            "CONNECTION_LOST",
-            metadata,
-        )
-    else:
-        failed = UpdateFailed(
-            Code.INTERNAL,
-            f"failed to update {name} privacy: {error.reason}",
-            "STANZA_FAILED",
-            metadata,
-        )
+        failed.snapshot = snapshot
+        return failed
+    step, error = run.failures[0]
+    message = f"failed to update {step.field.spec.rest_name} privacy: {error.reason}"
+    if len(run.failures) > 1:
+        others = ", ".join(s.field.spec.rest_name for s, _ in run.failures[1:])
+        message += f" (also failed: {others})"
+    restored, unrestored = (
+        _names(snapshot, FieldState.RESTORED),
+        [o for o in snapshot.outcomes if o.state is FieldState.RESTORE_FAILED],
+    )
+    if restored or unrestored:
+        metadata["restored"] = restored
+        metadata["restore_failed"] = ",".join(o.field.value for o in unrestored)
+        if unrestored:
+            stuck = ", ".join(f"{o.field.spec.rest_name} still {o.previous}" for o in unrestored)
+            message += f"; rollback incomplete: {stuck}"
+        else:
+            message += "; rolled back"
+    metadata["field"] = step.field.value
+    metadata["failed"] = ",".join(s.field.value for s, _ in run.failures)
+    lost = error.connection_lost
+    failed = UpdateFailed(
+        Code.UNAVAILABLE if lost else Code.INTERNAL,
+        message,
+        "CONNECTION_LOST" if lost else "STANZA_FAILED",
+        metadata,
+    )
     failed.snapshot = snapshot
     return failed
+
+
+def _names(snapshot: Snapshot, state: FieldState) -> str:
+    return ",".join(f.value for f in snapshot.fields_in(state))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from service.auth import TokenRegistry
 from service.instances import InstanceDirectory
+from service.operations import Operations
 from service.ratelimit import RateLimiter
 
 
@@ -18,16 +19,19 @@ class Gateway:
     instances: InstanceDirectory
     tokens: TokenRegistry
     limiter: RateLimiter
+    operations: Operations
     #: Runs the blocking WhatsApp calls (stanzas); None when no instance needs one.
     executor: Executor | None = None
 
     async def start(self) -> None:
-        """Starts every session's connection in the background; returns at once."""
+        """Opens the journal, then starts every session's connection in the background."""
+        await self.operations.start_up()
         for instance in self.instances:
             await instance.session.start()
 
     async def close(self) -> None:
-        """Disconnects every session (in parallel) and releases the stanza threads."""
+        """Lets running updates end and journals them, then disconnects every session."""
+        await self.operations.close()
         await asyncio.gather(*(i.session.close() for i in self.instances))
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)

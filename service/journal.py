@@ -5,22 +5,23 @@ its own), written as they happen, so a gateway killed mid-update leaves the oper
 on the next start it is marked INTERRUPTED, with the fields that were applied.
 
 SQLite in WAL mode with ``synchronous=FULL``: a commit is on disk when it returns. Writes go
-through one thread (``JournalWriter``), so the event loop never waits on a disk flush and the
-writes keep their order.
+through one thread, in order, committed in groups: however many updates run at once, each commit
+flushes everything that arrived while the previous one was flushing.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS operations (
@@ -57,6 +58,7 @@ CREATE TABLE IF NOT EXISTS outcomes (
 );
 """
 
+T = TypeVar("T")
 RUNNING = "RUNNING"
 INTERRUPTED = "INTERRUPTED"
 
@@ -94,7 +96,9 @@ class OperationRow:
 
 
 class Journal:
-    """Synchronous access to the journal database; use it from one thread at a time."""
+    """The journal database. Writes are queued and committed in groups by one thread (one disk
+    flush for everything that arrived meanwhile); each write's future resolves once its commit is
+    on disk. Reads run on the caller's thread."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,25 +110,62 @@ class Journal:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
+        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]] = []
+        self._wake = threading.Condition()
+        self._closing = False
+        self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
+        self._writer.start()
 
     def close(self) -> None:
+        """Commits what is queued, then closes."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._writer.join()
         self._db.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _submit(self, work: Callable[[sqlite3.Connection], T]) -> Future[T]:
+        future: Future[T] = Future()
+        with self._wake:
+            if self._closing:
+                raise RuntimeError("the journal is closed")
+            self._queue.append((work, future))
+            self._wake.notify()
+        return future
 
-    # -- writes --------------------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._closing:
+                    self._wake.wait()
+                batch, self._queue = self._queue, []
+                if not batch and self._closing:
+                    return
+            results: list[tuple[Future[Any], Any, BaseException | None]] = []
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                for work, future in batch:
+                    self._db.execute("SAVEPOINT one")
+                    try:
+                        results.append((future, work(self._db), None))
+                        self._db.execute("RELEASE one")
+                    except Exception as exc:  # one bad write must not lose the others
+                        self._db.execute("ROLLBACK TO one")
+                        self._db.execute("RELEASE one")
+                        results.append((future, None, exc))
+                self._db.execute("COMMIT")
+            for future, result, error in results:
+                # A waiter that went away cancelled its future; the write is committed anyway.
+                with contextlib.suppress(InvalidStateError):
+                    if error is not None:
+                        future.set_exception(error)
+                    else:
+                        future.set_result(result)
 
-    def begin(self, row: OperationRow) -> None:
-        with self._transaction() as db:
+    # -- writes (each returns a future that resolves once the write is on disk) ---------------
+
+    def begin(self, row: OperationRow) -> Future[None]:
+        def write(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT INTO operations (id, instance, requested_by, request_id, body_hash,"
                 " requested, policy, validate_only, force, state, started_at)"
@@ -136,8 +177,10 @@ class Journal:
                 ),
             )  # fmt: skip
 
-    def record(self, operation_id: str, outcome: OutcomeRow) -> None:
-        with self._transaction() as db:
+        return self._submit(write)
+
+    def record(self, operation_id: str, outcome: OutcomeRow) -> Future[None]:
+        def write(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT OR REPLACE INTO outcomes (operation_id, position, field, state, value,"
                 " previous, elapsed, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -147,44 +190,57 @@ class Journal:
                 ),
             )  # fmt: skip
 
+        return self._submit(write)
+
     def finish(
         self,
         operation_id: str,
         state: str,
         settings: Mapping[str, str] | None,
         error: tuple[str, str, str] | None,
-    ) -> None:
+    ) -> Future[None]:
         code, reason, message = error or (None, None, None)
-        with self._transaction() as db:
+        ended = time.time()
+
+        def write(db: sqlite3.Connection) -> None:
             db.execute(
                 "UPDATE operations SET state = ?, ended_at = ?, settings = ?, error_code = ?,"
                 " error_reason = ?, error_message = ? WHERE id = ?",
                 (
-                    state, time.time(), json.dumps(dict(settings)) if settings else None,
+                    state, ended, json.dumps(dict(settings)) if settings else None,
                     code, reason, message, operation_id,
                 ),
             )  # fmt: skip
 
-    def mark_interrupted(self) -> int:
+        return self._submit(write)
+
+    def mark_interrupted(self) -> Future[int]:
         """Operations a previous process left RUNNING (it died mid-update): INTERRUPTED."""
-        with self._transaction() as db:
+        ended = time.time()
+
+        def write(db: sqlite3.Connection) -> int:
             cursor = db.execute(
-                "UPDATE operations SET state = ?, ended_at = ?, error_reason = ?,"
+                "UPDATE operations SET state = ?, ended_at = ?, error_code = ?, error_reason = ?,"
                 " error_message = ? WHERE state = ?",
                 (
-                    INTERRUPTED, time.time(), "INTERRUPTED",
+                    INTERRUPTED, ended, "UNAVAILABLE", "INTERRUPTED",
                     "the gateway stopped before the update finished", RUNNING,
                 ),
             )  # fmt: skip
             return cursor.rowcount
 
-    def purge(self, older_than: float) -> int:
+        return self._submit(write)
+
+    def purge(self, older_than: float) -> Future[int]:
         """Deletes finished operations that ended before ``older_than`` (a ``time.time()``)."""
-        with self._transaction() as db:
+
+        def write(db: sqlite3.Connection) -> int:
             cursor = db.execute(
                 "DELETE FROM operations WHERE state != ? AND ended_at < ?", (RUNNING, older_than)
             )
             return cursor.rowcount
+
+        return self._submit(write)
 
     # -- reads ---------------------------------------------------------------------------------
 

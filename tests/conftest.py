@@ -13,6 +13,7 @@ import io
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -130,12 +131,17 @@ GatewayFactory = Callable[..., Any]
 
 
 @pytest.fixture
-async def make_gateway() -> AsyncIterator[GatewayFactory]:
-    """Starts gateways with a given configuration; stops them all at the end of the test."""
+async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+    """Starts gateways with a given configuration; stops them all at the end of the test.
+
+    Each keeps its data (the operation journal) in a directory of its own under ``tmp_path``.
+    """
     started: list[Harness] = []
 
     async def make(**overrides: Any) -> Harness:
+        overrides.setdefault("data_dir", str(tmp_path / f"gateway-{len(started)}"))
         gateway = build_gateway(from_mapping(gateway_config(**overrides), env={}))
+        await gateway.start()
         server = await start_server(gateway, "127.0.0.1:0")
         channel = aio.insecure_channel(f"127.0.0.1:{server.port}")
         harness = Harness(gateway, server, channel, pb_grpc.PrivacyServiceStub(channel))
@@ -146,6 +152,7 @@ async def make_gateway() -> AsyncIterator[GatewayFactory]:
     for harness in started:
         await harness.channel.close()
         await harness.server.stop(None)
+        await harness.gateway.close()
 
 
 @pytest.fixture

@@ -111,6 +111,18 @@ async def test_reflection_describes_the_privacy_service(gateway: Harness) -> Non
             False,
             True,
         ),
+        "GetUpdateOperation": (
+            f"{package}.GetUpdateOperationRequest",
+            f"{package}.GetUpdateOperationResponse",
+            False,
+            False,
+        ),
+        "ListUpdateOperations": (
+            f"{package}.ListUpdateOperationsRequest",
+            f"{package}.ListUpdateOperationsResponse",
+            False,
+            False,
+        ),
         "WatchPrivacySettings": (
             f"{package}.WatchPrivacySettingsRequest",
             f"{package}.WatchPrivacySettingsResponse",

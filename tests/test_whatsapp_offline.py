@@ -118,9 +118,8 @@ async def start_gateway(make_gateway: GatewayFactory, tmp_path: Path) -> AsyncIt
             "instances": [*gateway_config()["instances"], *instances],
             **overrides,
         }
-        harness: Harness = await make_gateway(**config)
+        harness: Harness = await make_gateway(**config)  # built and started
         started.append(harness.gateway)
-        await harness.gateway.start()
         return harness
 
     yield start

@@ -17,6 +17,7 @@ from google.protobuf.duration_pb2 import Duration
 from service.engine import Event, FieldEvent, FieldState, Plan, Snapshot
 from service.errors import Code, GatewayError, Violation
 from service.instances import Instance
+from service.journal import OperationRow
 from service.proto.wagateway.privacy.v1 import instance_service_pb2 as instance_pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import settings_pb2 as settings_pb
@@ -152,14 +153,15 @@ def field_update(event: FieldEvent) -> pb.FieldUpdate:
     return message
 
 
-def plan_to_proto(plan: Plan) -> pb.UpdatePlan:
+def plan_to_proto(plan: Plan, operation_id: str = "") -> pb.UpdatePlan:
     return pb.UpdatePlan(
+        operation_id=operation_id,
         fields=[
             pb.PlannedField(
                 field=_FIELD_NUMBER[step.field],
                 current=field_value(step.field, step.current),
                 target=field_value(step.field, step.target),
-                changes=step.changes,
+                changes=step.sends,
             )
             for step in plan.steps
         ],
@@ -167,16 +169,22 @@ def plan_to_proto(plan: Plan) -> pb.UpdatePlan:
     )
 
 
-def update_response(snapshot: Snapshot) -> pb.UpdatePrivacySettingsResponse:
-    return pb.UpdatePrivacySettingsResponse(
+def update_response(
+    snapshot: Snapshot, operation_id: str = "", plan: Plan | None = None
+) -> pb.UpdatePrivacySettingsResponse:
+    response = pb.UpdatePrivacySettingsResponse(
         settings=settings_to_proto(snapshot.settings),
         fields=[field_update(o) for o in snapshot.outcomes],
+        operation_id=operation_id,
     )
+    if plan is not None:
+        response.plan.CopyFrom(plan_to_proto(plan, operation_id))
+    return response
 
 
-def stream_message(event: Event) -> pb.StreamUpdatePrivacySettingsResponse:
+def stream_message(event: Event, operation_id: str = "") -> pb.StreamUpdatePrivacySettingsResponse:
     if isinstance(event, Plan):
-        return pb.StreamUpdatePrivacySettingsResponse(plan=plan_to_proto(event))
+        return pb.StreamUpdatePrivacySettingsResponse(plan=plan_to_proto(event, operation_id))
     if isinstance(event, FieldEvent):
         return pb.StreamUpdatePrivacySettingsResponse(field=field_update(event))
     return pb.StreamUpdatePrivacySettingsResponse(snapshot=settings_to_proto(event.settings))
@@ -219,3 +227,42 @@ def instance_to_proto(instance: Instance) -> instance_pb.Instance:
 assert {s.name for s in ChangeSource} <= {
     v.name.removeprefix("CHANGE_SOURCE_") for v in pb.ChangeSource.DESCRIPTOR.values
 }
+
+
+_OPERATION_STATES = {
+    name: pb.OperationState.Value(f"OPERATION_STATE_{name}")
+    for name in ("RUNNING", "COMPLETED", "FAILED", "CANCELLED", "DEADLINE_EXCEEDED", "INTERRUPTED")
+}
+
+
+def operation_to_proto(row: OperationRow) -> pb.UpdateOperation:
+    """A journaled operation as the wire contract shows it."""
+    requested = Settings({Field(k): v for k, v in row.requested.items()})
+    message = pb.UpdateOperation(
+        id=row.id,
+        instance=row.instance,
+        requested_by=row.requested_by,
+        request_id=row.request_id or "",
+        requested=settings_to_proto(requested),
+        failure_policy=pb.FailurePolicy.Value(f"FAILURE_POLICY_{row.policy}"),
+        force=row.force,
+        state=_OPERATION_STATES[row.state],
+        fields=[
+            field_update(
+                FieldEvent(
+                    Field(o.field), FieldState[o.state], o.value, o.previous, o.elapsed, o.error
+                )
+            )
+            for o in row.outcomes
+        ],
+        error_reason=row.error_reason or "",
+        error_message=row.error_message or "",
+    )
+    if row.settings:
+        message.settings.CopyFrom(
+            settings_to_proto(Settings({Field(k): v for k, v in row.settings.items()}))
+        )
+    message.start_time.FromNanoseconds(round(row.started_at * 1e9))
+    if row.ended_at is not None:
+        message.end_time.FromNanoseconds(round(row.ended_at * 1e9))
+    return message

@@ -47,7 +47,7 @@ class RunningServer:
 async def start_server(gateway: Gateway, address: str) -> RunningServer:
     """Binds ``address`` (port 0 picks a free one) and starts serving."""
     server = aio.server(interceptors=[GuardInterceptor(gateway.tokens, gateway.limiter)])
-    privacy = PrivacyServicer(gateway.instances)
+    privacy = PrivacyServicer(gateway)
     pb_grpc.add_PrivacyServiceServicer_to_server(privacy, server)
     instance_grpc.add_InstanceServiceServicer_to_server(InstanceServicer(gateway.instances), server)
     health_servicer = health.aio.HealthServicer()

@@ -205,7 +205,8 @@ class WhatsAppSession:
         return settings
 
     async def start(self) -> None:
-        self._supervisor = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
 
     async def close(self) -> None:
         # Stop the connection first: the supervisor waits on it, and cancelling the supervisor

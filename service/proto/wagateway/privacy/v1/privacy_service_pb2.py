@@ -23,42 +23,57 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from service.proto.wagateway.privacy.v1 import settings_pb2 as wagateway_dot_privacy_dot_v1_dot_settings__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*wagateway/privacy/v1/privacy_service.proto\x12\x14wagateway.privacy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a#wagateway/privacy/v1/settings.proto\"-\n\x19GetPrivacySettingsRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\"U\n\x1aGetPrivacySettingsResponse\x12\x37\n\x08settings\x18\x01 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\"i\n\x1cUpdatePrivacySettingsRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\x37\n\x08settings\x18\x02 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\"\x8b\x01\n\x1dUpdatePrivacySettingsResponse\x12\x37\n\x08settings\x18\x01 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\x12\x31\n\x06\x66ields\x18\x02 \x03(\x0b\x32!.wagateway.privacy.v1.FieldUpdate\"o\n\"StreamUpdatePrivacySettingsRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\x37\n\x08settings\x18\x02 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\"\xcf\x01\n#StreamUpdatePrivacySettingsResponse\x12\x30\n\x04plan\x18\x01 \x01(\x0b\x32 .wagateway.privacy.v1.UpdatePlanH\x00\x12\x32\n\x05\x66ield\x18\x02 \x01(\x0b\x32!.wagateway.privacy.v1.FieldUpdateH\x00\x12\x39\n\x08snapshot\x18\x03 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettingsH\x00\x42\x07\n\x05\x65vent\"/\n\x1bWatchPrivacySettingsRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\"\xc0\x01\n\x1cWatchPrivacySettingsResponse\x12\x37\n\x08settings\x18\x01 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\x12\x33\n\x07\x63hanged\x18\x02 \x03(\x0e\x32\".wagateway.privacy.v1.PrivacyField\x12\x32\n\x06source\x18\x03 \x01(\x0e\x32\".wagateway.privacy.v1.ChangeSource\"Q\n\nUpdatePlan\x12\x32\n\x06\x66ields\x18\x01 \x03(\x0b\x32\".wagateway.privacy.v1.PlannedField\x12\x0f\n\x07stanzas\x18\x02 \x01(\x05\"\xb7\x01\n\x0cPlannedField\x12\x31\n\x05\x66ield\x18\x01 \x01(\x0e\x32\".wagateway.privacy.v1.PrivacyField\x12\x31\n\x07\x63urrent\x18\x02 \x01(\x0b\x32 .wagateway.privacy.v1.FieldValue\x12\x30\n\x06target\x18\x03 \x01(\x0b\x32 .wagateway.privacy.v1.FieldValue\x12\x0f\n\x07\x63hanges\x18\x04 \x01(\x08\"\x91\x02\n\x0b\x46ieldUpdate\x12\x31\n\x05\x66ield\x18\x01 \x01(\x0e\x32\".wagateway.privacy.v1.PrivacyField\x12/\n\x05state\x18\x02 \x01(\x0e\x32 .wagateway.privacy.v1.FieldState\x12/\n\x05value\x18\x03 \x01(\x0b\x32 .wagateway.privacy.v1.FieldValue\x12\x32\n\x08previous\x18\x04 \x01(\x0b\x32 .wagateway.privacy.v1.FieldValue\x12*\n\x07\x65lapsed\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\x06 \x01(\t*|\n\x0c\x43hangeSource\x12\x1d\n\x19\x43HANGE_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43HANGE_SOURCE_INITIAL\x10\x01\x12\x19\n\x15\x43HANGE_SOURCE_GATEWAY\x10\x02\x12\x17\n\x13\x43HANGE_SOURCE_PHONE\x10\x03*\xad\x01\n\nFieldState\x12\x1b\n\x17\x46IELD_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46IELD_STATE_STARTED\x10\x01\x12\x17\n\x13\x46IELD_STATE_APPLIED\x10\x02\x12\x19\n\x15\x46IELD_STATE_UNCHANGED\x10\x03\x12\x16\n\x12\x46IELD_STATE_FAILED\x10\x04\x12\x1d\n\x19\x46IELD_STATE_NOT_ATTEMPTED\x10\x05\x32\xa4\x04\n\x0ePrivacyService\x12w\n\x12GetPrivacySettings\x12/.wagateway.privacy.v1.GetPrivacySettingsRequest\x1a\x30.wagateway.privacy.v1.GetPrivacySettingsResponse\x12\x80\x01\n\x15UpdatePrivacySettings\x12\x32.wagateway.privacy.v1.UpdatePrivacySettingsRequest\x1a\x33.wagateway.privacy.v1.UpdatePrivacySettingsResponse\x12\x94\x01\n\x1bStreamUpdatePrivacySettings\x12\x38.wagateway.privacy.v1.StreamUpdatePrivacySettingsRequest\x1a\x39.wagateway.privacy.v1.StreamUpdatePrivacySettingsResponse0\x01\x12\x7f\n\x14WatchPrivacySettings\x12\x31.wagateway.privacy.v1.WatchPrivacySettingsRequest\x1a\x32.wagateway.privacy.v1.WatchPrivacySettingsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*wagateway/privacy/v1/privacy_service.proto\x12\x14wagateway.privacy.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#wagateway/privacy/v1/settings.proto\"-\n\x19GetPrivacySettingsRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\"U\n\x1aGetPrivacySettingsResponse\x12\x37\n\x08settings\x18\x01 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\"\xe0\x01\n\x1cUpdatePrivacySettingsRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\x37\n\x08settings\x18\x02 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\x12;\n\x0e\x66\x61ilure_policy\x18\x05 \x01(\x0e\x32#.wagateway.privacy.v1.FailurePolicy\x12\r\n\x05\x66orce\x18\x06 \x01(\x08\"\xd1\x01\n\x1dUpdatePrivacySettingsResponse\x12\x37\n\x08settings\x18\x01 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\x12\x31\n\x06\x66ields\x18\x02 \x03(\x0b\x32!.wagateway.privacy.v1.FieldUpdate\x12\x14\n\x0coperation_id\x18\x03 \x01(\t\x12.\n\x04plan\x18\x04 \x01(\x0b\x32 .wagateway.privacy.v1.UpdatePlan\"\xe6\x01\n\"StreamUpdatePrivacySettingsRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\x37\n\x08settings\x18\x02 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\x12;\n\x0e\x66\x61ilure_policy\x18\x05 \x01(\x0e\x32#.wagateway.privacy.v1.FailurePolicy\x12\r\n\x05\x66orce\x18\x06 \x01(\x08\"\xcf\x01\n#StreamUpdatePrivacySettingsResponse\x12\x30\n\x04plan\x18\x01 \x01(\x0b\x32 .wagateway.privacy.v1.UpdatePlanH\x00\x12\x32\n\x05\x66ield\x18\x02 \x01(\x0b\x32!.wagateway.privacy.v1.FieldUpdateH\x00\x12\x39\n\x08snapshot\x18\x03 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettingsH\x00\x42\x07\n\x05\x65vent\"/\n\x1bWatchPrivacySettingsRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\"\xc0\x01\n\x1cWatchPrivacySettingsResponse\x12\x37\n\x08settings\x18\x01 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\x12\x33\n\x07\x63hanged\x18\x02 \x03(\x0e\x32\".wagateway.privacy.v1.PrivacyField\x12\x32\n\x06source\x18\x03 \x01(\x0e\x32\".wagateway.privacy.v1.ChangeSource\"g\n\nUpdatePlan\x12\x32\n\x06\x66ields\x18\x01 \x03(\x0b\x32\".wagateway.privacy.v1.PlannedField\x12\x0f\n\x07stanzas\x18\x02 \x01(\x05\x12\x14\n\x0coperation_id\x18\x03 \x01(\t\"\xb7\x01\n\x0cPlannedField\x12\x31\n\x05\x66ield\x18\x01 \x01(\x0e\x32\".wagateway.privacy.v1.PrivacyField\x12\x31\n\x07\x63urrent\x18\x02 \x01(\x0b\x32 .wagateway.privacy.v1.FieldValue\x12\x30\n\x06target\x18\x03 \x01(\x0b\x32 .wagateway.privacy.v1.FieldValue\x12\x0f\n\x07\x63hanges\x18\x04 \x01(\x08\"\x91\x02\n\x0b\x46ieldUpdate\x12\x31\n\x05\x66ield\x18\x01 \x01(\x0e\x32\".wagateway.privacy.v1.PrivacyField\x12/\n\x05state\x18\x02 \x01(\x0e\x32 .wagateway.privacy.v1.FieldState\x12/\n\x05value\x18\x03 \x01(\x0b\x32 .wagateway.privacy.v1.FieldValue\x12\x32\n\x08previous\x18\x04 \x01(\x0b\x32 .wagateway.privacy.v1.FieldValue\x12*\n\x07\x65lapsed\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\x8b\x04\n\x0fUpdateOperation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08instance\x18\x02 \x01(\t\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x38\n\trequested\x18\x05 \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\x12;\n\x0e\x66\x61ilure_policy\x18\x06 \x01(\x0e\x32#.wagateway.privacy.v1.FailurePolicy\x12\r\n\x05\x66orce\x18\x07 \x01(\x08\x12\x33\n\x05state\x18\x08 \x01(\x0e\x32$.wagateway.privacy.v1.OperationState\x12\x31\n\x06\x66ields\x18\t \x03(\x0b\x32!.wagateway.privacy.v1.FieldUpdate\x12\x37\n\x08settings\x18\n \x01(\x0b\x32%.wagateway.privacy.v1.PrivacySettings\x12\x14\n\x0c\x65rror_reason\x18\x0b \x01(\t\x12\x15\n\rerror_message\x18\x0c \x01(\t\x12.\n\nstart_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x19GetUpdateOperationRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\x14\n\x0coperation_id\x18\x02 \x01(\t\"V\n\x1aGetUpdateOperationResponse\x12\x38\n\toperation\x18\x01 \x01(\x0b\x32%.wagateway.privacy.v1.UpdateOperation\"V\n\x1bListUpdateOperationsRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"r\n\x1cListUpdateOperationsResponse\x12\x39\n\noperations\x18\x01 \x03(\x0b\x32%.wagateway.privacy.v1.UpdateOperation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x82\x01\n\rFailurePolicy\x12\x1e\n\x1a\x46\x41ILURE_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46\x41ILURE_POLICY_STOP\x10\x01\x12\x1b\n\x17\x46\x41ILURE_POLICY_CONTINUE\x10\x02\x12\x1b\n\x17\x46\x41ILURE_POLICY_ROLLBACK\x10\x03*|\n\x0c\x43hangeSource\x12\x1d\n\x19\x43HANGE_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43HANGE_SOURCE_INITIAL\x10\x01\x12\x19\n\x15\x43HANGE_SOURCE_GATEWAY\x10\x02\x12\x17\n\x13\x43HANGE_SOURCE_PHONE\x10\x03*\x88\x02\n\nFieldState\x12\x1b\n\x17\x46IELD_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46IELD_STATE_STARTED\x10\x01\x12\x17\n\x13\x46IELD_STATE_APPLIED\x10\x02\x12\x19\n\x15\x46IELD_STATE_UNCHANGED\x10\x03\x12\x16\n\x12\x46IELD_STATE_FAILED\x10\x04\x12\x1d\n\x19\x46IELD_STATE_NOT_ATTEMPTED\x10\x05\x12\x1f\n\x1b\x46IELD_STATE_RESTORE_STARTED\x10\x06\x12\x18\n\x14\x46IELD_STATE_RESTORED\x10\x07\x12\x1e\n\x1a\x46IELD_STATE_RESTORE_FAILED\x10\x08*\xf0\x01\n\x0eOperationState\x12\x1f\n\x1bOPERATION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17OPERATION_STATE_RUNNING\x10\x01\x12\x1d\n\x19OPERATION_STATE_COMPLETED\x10\x02\x12\x1a\n\x16OPERATION_STATE_FAILED\x10\x03\x12\x1d\n\x19OPERATION_STATE_CANCELLED\x10\x04\x12%\n!OPERATION_STATE_DEADLINE_EXCEEDED\x10\x05\x12\x1f\n\x1bOPERATION_STATE_INTERRUPTED\x10\x06\x32\x9c\x06\n\x0ePrivacyService\x12w\n\x12GetPrivacySettings\x12/.wagateway.privacy.v1.GetPrivacySettingsRequest\x1a\x30.wagateway.privacy.v1.GetPrivacySettingsResponse\x12\x80\x01\n\x15UpdatePrivacySettings\x12\x32.wagateway.privacy.v1.UpdatePrivacySettingsRequest\x1a\x33.wagateway.privacy.v1.UpdatePrivacySettingsResponse\x12\x94\x01\n\x1bStreamUpdatePrivacySettings\x12\x38.wagateway.privacy.v1.StreamUpdatePrivacySettingsRequest\x1a\x39.wagateway.privacy.v1.StreamUpdatePrivacySettingsResponse0\x01\x12w\n\x12GetUpdateOperation\x12/.wagateway.privacy.v1.GetUpdateOperationRequest\x1a\x30.wagateway.privacy.v1.GetUpdateOperationResponse\x12}\n\x14ListUpdateOperations\x12\x31.wagateway.privacy.v1.ListUpdateOperationsRequest\x1a\x32.wagateway.privacy.v1.ListUpdateOperationsResponse\x12\x7f\n\x14WatchPrivacySettings\x12\x31.wagateway.privacy.v1.WatchPrivacySettingsRequest\x1a\x32.wagateway.privacy.v1.WatchPrivacySettingsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wagateway.privacy.v1.privacy_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHANGESOURCE']._serialized_start=1632
-  _globals['_CHANGESOURCE']._serialized_end=1756
-  _globals['_FIELDSTATE']._serialized_start=1759
-  _globals['_FIELDSTATE']._serialized_end=1932
-  _globals['_GETPRIVACYSETTINGSREQUEST']._serialized_start=137
-  _globals['_GETPRIVACYSETTINGSREQUEST']._serialized_end=182
-  _globals['_GETPRIVACYSETTINGSRESPONSE']._serialized_start=184
-  _globals['_GETPRIVACYSETTINGSRESPONSE']._serialized_end=269
-  _globals['_UPDATEPRIVACYSETTINGSREQUEST']._serialized_start=271
-  _globals['_UPDATEPRIVACYSETTINGSREQUEST']._serialized_end=376
-  _globals['_UPDATEPRIVACYSETTINGSRESPONSE']._serialized_start=379
-  _globals['_UPDATEPRIVACYSETTINGSRESPONSE']._serialized_end=518
-  _globals['_STREAMUPDATEPRIVACYSETTINGSREQUEST']._serialized_start=520
-  _globals['_STREAMUPDATEPRIVACYSETTINGSREQUEST']._serialized_end=631
-  _globals['_STREAMUPDATEPRIVACYSETTINGSRESPONSE']._serialized_start=634
-  _globals['_STREAMUPDATEPRIVACYSETTINGSRESPONSE']._serialized_end=841
-  _globals['_WATCHPRIVACYSETTINGSREQUEST']._serialized_start=843
-  _globals['_WATCHPRIVACYSETTINGSREQUEST']._serialized_end=890
-  _globals['_WATCHPRIVACYSETTINGSRESPONSE']._serialized_start=893
-  _globals['_WATCHPRIVACYSETTINGSRESPONSE']._serialized_end=1085
-  _globals['_UPDATEPLAN']._serialized_start=1087
-  _globals['_UPDATEPLAN']._serialized_end=1168
-  _globals['_PLANNEDFIELD']._serialized_start=1171
-  _globals['_PLANNEDFIELD']._serialized_end=1354
-  _globals['_FIELDUPDATE']._serialized_start=1357
-  _globals['_FIELDUPDATE']._serialized_end=1630
-  _globals['_PRIVACYSERVICE']._serialized_start=1935
-  _globals['_PRIVACYSERVICE']._serialized_end=2483
+  _globals['_FAILUREPOLICY']._serialized_start=2885
+  _globals['_FAILUREPOLICY']._serialized_end=3015
+  _globals['_CHANGESOURCE']._serialized_start=3017
+  _globals['_CHANGESOURCE']._serialized_end=3141
+  _globals['_FIELDSTATE']._serialized_start=3144
+  _globals['_FIELDSTATE']._serialized_end=3408
+  _globals['_OPERATIONSTATE']._serialized_start=3411
+  _globals['_OPERATIONSTATE']._serialized_end=3651
+  _globals['_GETPRIVACYSETTINGSREQUEST']._serialized_start=170
+  _globals['_GETPRIVACYSETTINGSREQUEST']._serialized_end=215
+  _globals['_GETPRIVACYSETTINGSRESPONSE']._serialized_start=217
+  _globals['_GETPRIVACYSETTINGSRESPONSE']._serialized_end=302
+  _globals['_UPDATEPRIVACYSETTINGSREQUEST']._serialized_start=305
+  _globals['_UPDATEPRIVACYSETTINGSREQUEST']._serialized_end=529
+  _globals['_UPDATEPRIVACYSETTINGSRESPONSE']._serialized_start=532
+  _globals['_UPDATEPRIVACYSETTINGSRESPONSE']._serialized_end=741
+  _globals['_STREAMUPDATEPRIVACYSETTINGSREQUEST']._serialized_start=744
+  _globals['_STREAMUPDATEPRIVACYSETTINGSREQUEST']._serialized_end=974
+  _globals['_STREAMUPDATEPRIVACYSETTINGSRESPONSE']._serialized_start=977
+  _globals['_STREAMUPDATEPRIVACYSETTINGSRESPONSE']._serialized_end=1184
+  _globals['_WATCHPRIVACYSETTINGSREQUEST']._serialized_start=1186
+  _globals['_WATCHPRIVACYSETTINGSREQUEST']._serialized_end=1233
+  _globals['_WATCHPRIVACYSETTINGSRESPONSE']._serialized_start=1236
+  _globals['_WATCHPRIVACYSETTINGSRESPONSE']._serialized_end=1428
+  _globals['_UPDATEPLAN']._serialized_start=1430
+  _globals['_UPDATEPLAN']._serialized_end=1533
+  _globals['_PLANNEDFIELD']._serialized_start=1536
+  _globals['_PLANNEDFIELD']._serialized_end=1719
+  _globals['_FIELDUPDATE']._serialized_start=1722
+  _globals['_FIELDUPDATE']._serialized_end=1995
+  _globals['_UPDATEOPERATION']._serialized_start=1998
+  _globals['_UPDATEOPERATION']._serialized_end=2521
+  _globals['_GETUPDATEOPERATIONREQUEST']._serialized_start=2523
+  _globals['_GETUPDATEOPERATIONREQUEST']._serialized_end=2590
+  _globals['_GETUPDATEOPERATIONRESPONSE']._serialized_start=2592
+  _globals['_GETUPDATEOPERATIONRESPONSE']._serialized_end=2678
+  _globals['_LISTUPDATEOPERATIONSREQUEST']._serialized_start=2680
+  _globals['_LISTUPDATEOPERATIONSREQUEST']._serialized_end=2766
+  _globals['_LISTUPDATEOPERATIONSRESPONSE']._serialized_start=2768
+  _globals['_LISTUPDATEOPERATIONSRESPONSE']._serialized_end=2882
+  _globals['_PRIVACYSERVICE']._serialized_start=3654
+  _globals['_PRIVACYSERVICE']._serialized_end=4450
 # @@protoc_insertion_point(module_scope)

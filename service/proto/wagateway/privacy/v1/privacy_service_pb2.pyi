@@ -31,6 +31,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from service.proto.wagateway.privacy.v1 import settings_pb2 as _settings_pb2
@@ -44,6 +45,46 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _FailurePolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FailurePolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailurePolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FAILURE_POLICY_UNSPECIFIED: _FailurePolicy.ValueType  # 0
+    """The default: STOP."""
+    FAILURE_POLICY_STOP: _FailurePolicy.ValueType  # 1
+    """Stop at the first failure; later fields are NOT_ATTEMPTED, earlier ones stay applied (the
+    REST contract's behaviour).
+    """
+    FAILURE_POLICY_CONTINUE: _FailurePolicy.ValueType  # 2
+    """Attempt every remaining field and report each; the call fails if any field failed."""
+    FAILURE_POLICY_ROLLBACK: _FailurePolicy.ValueType  # 3
+    """Stop at the first failure, then put each field already applied back to its previous value,
+    latest first, each restore streamed as its own event. This is compensation, not a
+    transaction: between the failure and the restore, WhatsApp held the new values, and a
+    restore can fail too (RESTORE_FAILED), which the error then says plainly.
+    """
+
+class FailurePolicy(_FailurePolicy, metaclass=_FailurePolicyEnumTypeWrapper):
+    """What happens when a field fails."""
+
+FAILURE_POLICY_UNSPECIFIED: FailurePolicy.ValueType  # 0
+"""The default: STOP."""
+FAILURE_POLICY_STOP: FailurePolicy.ValueType  # 1
+"""Stop at the first failure; later fields are NOT_ATTEMPTED, earlier ones stay applied (the
+REST contract's behaviour).
+"""
+FAILURE_POLICY_CONTINUE: FailurePolicy.ValueType  # 2
+"""Attempt every remaining field and report each; the call fails if any field failed."""
+FAILURE_POLICY_ROLLBACK: FailurePolicy.ValueType  # 3
+"""Stop at the first failure, then put each field already applied back to its previous value,
+latest first, each restore streamed as its own event. This is compensation, not a
+transaction: between the failure and the restore, WhatsApp held the new values, and a
+restore can fail too (RESTORE_FAILED), which the error then says plainly.
+"""
+Global___FailurePolicy: _TypeAlias = FailurePolicy  # noqa: Y015
 
 class _ChangeSource:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -91,6 +132,12 @@ class _FieldStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FieldState
     """WhatsApp refused the value, or the stanza could not be sent; `error` says why."""
     FIELD_STATE_NOT_ATTEMPTED: _FieldState.ValueType  # 5
     """Not sent because an earlier field failed, or the call was cancelled or ran out of time."""
+    FIELD_STATE_RESTORE_STARTED: _FieldState.ValueType  # 6
+    """ROLLBACK: the stanza putting this applied field back to `previous` was sent."""
+    FIELD_STATE_RESTORED: _FieldState.ValueType  # 7
+    """ROLLBACK: the field holds `previous` again."""
+    FIELD_STATE_RESTORE_FAILED: _FieldState.ValueType  # 8
+    """ROLLBACK: the field could not be put back; it still holds `value`. `error` says why."""
 
 class FieldState(_FieldState, metaclass=_FieldStateEnumTypeWrapper):
     """Where a field is in an update."""
@@ -107,7 +154,53 @@ FIELD_STATE_FAILED: FieldState.ValueType  # 4
 """WhatsApp refused the value, or the stanza could not be sent; `error` says why."""
 FIELD_STATE_NOT_ATTEMPTED: FieldState.ValueType  # 5
 """Not sent because an earlier field failed, or the call was cancelled or ran out of time."""
+FIELD_STATE_RESTORE_STARTED: FieldState.ValueType  # 6
+"""ROLLBACK: the stanza putting this applied field back to `previous` was sent."""
+FIELD_STATE_RESTORED: FieldState.ValueType  # 7
+"""ROLLBACK: the field holds `previous` again."""
+FIELD_STATE_RESTORE_FAILED: FieldState.ValueType  # 8
+"""ROLLBACK: the field could not be put back; it still holds `value`. `error` says why."""
 Global___FieldState: _TypeAlias = FieldState  # noqa: Y015
+
+class _OperationState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OperationStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OperationState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OPERATION_STATE_UNSPECIFIED: _OperationState.ValueType  # 0
+    """Not a state; never sent by the gateway."""
+    OPERATION_STATE_RUNNING: _OperationState.ValueType  # 1
+    """Still applying fields."""
+    OPERATION_STATE_COMPLETED: _OperationState.ValueType  # 2
+    """Every field is APPLIED or UNCHANGED."""
+    OPERATION_STATE_FAILED: _OperationState.ValueType  # 3
+    """A field failed (see `fields` and `error_message`)."""
+    OPERATION_STATE_CANCELLED: _OperationState.ValueType  # 4
+    """The caller cancelled; no stanza was started after that, the one in flight finished."""
+    OPERATION_STATE_DEADLINE_EXCEEDED: _OperationState.ValueType  # 5
+    """The caller's deadline passed; no stanza was started after that."""
+    OPERATION_STATE_INTERRUPTED: _OperationState.ValueType  # 6
+    """The gateway stopped (was killed) before the update finished; `fields` says what was applied."""
+
+class OperationState(_OperationState, metaclass=_OperationStateEnumTypeWrapper):
+    """How a recorded update ended."""
+
+OPERATION_STATE_UNSPECIFIED: OperationState.ValueType  # 0
+"""Not a state; never sent by the gateway."""
+OPERATION_STATE_RUNNING: OperationState.ValueType  # 1
+"""Still applying fields."""
+OPERATION_STATE_COMPLETED: OperationState.ValueType  # 2
+"""Every field is APPLIED or UNCHANGED."""
+OPERATION_STATE_FAILED: OperationState.ValueType  # 3
+"""A field failed (see `fields` and `error_message`)."""
+OPERATION_STATE_CANCELLED: OperationState.ValueType  # 4
+"""The caller cancelled; no stanza was started after that, the one in flight finished."""
+OPERATION_STATE_DEADLINE_EXCEEDED: OperationState.ValueType  # 5
+"""The caller's deadline passed; no stanza was started after that."""
+OPERATION_STATE_INTERRUPTED: OperationState.ValueType  # 6
+"""The gateway stopped (was killed) before the update finished; `fields` says what was applied."""
+Global___OperationState: _TypeAlias = OperationState  # noqa: Y015
 
 @_typing.final
 class GetPrivacySettingsRequest(_message.Message):
@@ -163,8 +256,28 @@ class UpdatePrivacySettingsRequest(_message.Message):
 
     INSTANCE_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    FAILURE_POLICY_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     instance: _builtins.str
     """The instance's name, as configured in the gateway."""
+    request_id: _builtins.str
+    """Optional: a UUID that makes retries safe. A repeat with the same id and the same request,
+    within the journal's retention, sends nothing: it returns the recorded outcome, or follows
+    the operation if it is still running. The same id with a different request is
+    INVALID_ARGUMENT.
+    """
+    validate_only: _builtins.bool
+    """True: only plan. The response (or stream) says which fields would change and which are
+    already set; no stanza is sent and nothing is journaled.
+    """
+    failure_policy: Global___FailurePolicy.ValueType
+    """What to do when a field fails; FAILURE_POLICY_UNSPECIFIED is STOP."""
+    force: _builtins.bool
+    """True: send every requested field, even one whose cached value already matches (for a caller
+    who suspects the cache is stale).
+    """
     @_builtins.property
     def settings(self) -> _settings_pb2.PrivacySettings:
         """The fields to change; at least one must be set (not `*_UNSPECIFIED`)."""
@@ -174,10 +287,14 @@ class UpdatePrivacySettingsRequest(_message.Message):
         *,
         instance: _builtins.str = ...,
         settings: _settings_pb2.PrivacySettings | None = ...,
+        request_id: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
+        failure_policy: Global___FailurePolicy.ValueType = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "settings", b"settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_policy", b"failure_policy", "force", b"force", "instance", b"instance", "request_id", b"request_id", "settings", b"settings", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -191,6 +308,10 @@ class UpdatePrivacySettingsResponse(_message.Message):
 
     SETTINGS_FIELD_NUMBER: _builtins.int
     FIELDS_FIELD_NUMBER: _builtins.int
+    OPERATION_ID_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    operation_id: _builtins.str
+    """The operation's id in the journal (GetUpdateOperation); empty for validate_only."""
     @_builtins.property
     def settings(self) -> _settings_pb2.PrivacySettings:
         """The complete settings after the update, read back from the session."""
@@ -198,18 +319,24 @@ class UpdatePrivacySettingsResponse(_message.Message):
     @_builtins.property
     def fields(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldUpdate]:
         """The final outcome of each requested field, in the order they were applied: APPLIED,
-        UNCHANGED, FAILED or NOT_ATTEMPTED.
+        UNCHANGED, FAILED or NOT_ATTEMPTED; after a ROLLBACK, each restore's outcome follows.
         """
+
+    @_builtins.property
+    def plan(self) -> Global___UpdatePlan:
+        """The plan: with validate_only, what the update would do."""
 
     def __init__(
         self,
         *,
         settings: _settings_pb2.PrivacySettings | None = ...,
         fields: _abc.Iterable[Global___FieldUpdate] | None = ...,
+        operation_id: _builtins.str = ...,
+        plan: Global___UpdatePlan | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "settings", b"settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "operation_id", b"operation_id", "plan", b"plan", "settings", b"settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -223,8 +350,28 @@ class StreamUpdatePrivacySettingsRequest(_message.Message):
 
     INSTANCE_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    FAILURE_POLICY_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     instance: _builtins.str
     """The instance's name, as configured in the gateway."""
+    request_id: _builtins.str
+    """Optional: a UUID that makes retries safe. A repeat with the same id and the same request,
+    within the journal's retention, sends nothing: it returns the recorded outcome, or follows
+    the operation if it is still running. The same id with a different request is
+    INVALID_ARGUMENT.
+    """
+    validate_only: _builtins.bool
+    """True: only plan. The response (or stream) says which fields would change and which are
+    already set; no stanza is sent and nothing is journaled.
+    """
+    failure_policy: Global___FailurePolicy.ValueType
+    """What to do when a field fails; FAILURE_POLICY_UNSPECIFIED is STOP."""
+    force: _builtins.bool
+    """True: send every requested field, even one whose cached value already matches (for a caller
+    who suspects the cache is stale).
+    """
     @_builtins.property
     def settings(self) -> _settings_pb2.PrivacySettings:
         """The fields to change; at least one must be set (not `*_UNSPECIFIED`)."""
@@ -234,10 +381,14 @@ class StreamUpdatePrivacySettingsRequest(_message.Message):
         *,
         instance: _builtins.str = ...,
         settings: _settings_pb2.PrivacySettings | None = ...,
+        request_id: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
+        failure_policy: Global___FailurePolicy.ValueType = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "settings", b"settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_policy", b"failure_policy", "force", b"force", "instance", b"instance", "request_id", b"request_id", "settings", b"settings", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -347,8 +498,13 @@ class UpdatePlan(_message.Message):
 
     FIELDS_FIELD_NUMBER: _builtins.int
     STANZAS_FIELD_NUMBER: _builtins.int
+    OPERATION_ID_FIELD_NUMBER: _builtins.int
     stanzas: _builtins.int
-    """How many of them differ from the current value and so will cost a stanza each."""
+    """How many stanzas the update will send if nothing fails: one per field that differs from its
+    current value (every field, with `force`).
+    """
+    operation_id: _builtins.str
+    """The operation's id in the journal (GetUpdateOperation); empty for validate_only."""
     @_builtins.property
     def fields(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlannedField]:
         """One step per requested field."""
@@ -358,10 +514,11 @@ class UpdatePlan(_message.Message):
         *,
         fields: _abc.Iterable[Global___PlannedField] | None = ...,
         stanzas: _builtins.int = ...,
+        operation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "stanzas", b"stanzas"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "operation_id", b"operation_id", "stanzas", b"stanzas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -454,3 +611,195 @@ class FieldUpdate(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FieldUpdate: _TypeAlias = FieldUpdate  # noqa: Y015
+
+@_typing.final
+class UpdateOperation(_message.Message):
+    """One update, as the journal recorded it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REQUESTED_FIELD_NUMBER: _builtins.int
+    FAILURE_POLICY_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    ERROR_REASON_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The operation's id."""
+    instance: _builtins.str
+    """The instance it updated."""
+    requested_by: _builtins.str
+    """Who asked: the account or instance the token belongs to, and a prefix of the token's hash."""
+    request_id: _builtins.str
+    """The caller's request_id, if any."""
+    failure_policy: Global___FailurePolicy.ValueType
+    """The failure policy applied."""
+    force: _builtins.bool
+    """Whether `force` was set."""
+    state: Global___OperationState.ValueType
+    """How it ended, or RUNNING."""
+    error_reason: _builtins.str
+    """The error's stable reason (as in ErrorInfo), when it did not complete."""
+    error_message: _builtins.str
+    """The error's message, when it did not complete."""
+    @_builtins.property
+    def requested(self) -> _settings_pb2.PrivacySettings:
+        """The fields requested."""
+
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldUpdate]:
+        """Each field's outcome as it happened (restores after a ROLLBACK follow the fields)."""
+
+    @_builtins.property
+    def settings(self) -> _settings_pb2.PrivacySettings:
+        """The complete settings after the update; unset while RUNNING or after INTERRUPTED."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When it started."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it ended; unset while RUNNING."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        instance: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        requested: _settings_pb2.PrivacySettings | None = ...,
+        failure_policy: Global___FailurePolicy.ValueType = ...,
+        force: _builtins.bool = ...,
+        state: Global___OperationState.ValueType = ...,
+        fields: _abc.Iterable[Global___FieldUpdate] | None = ...,
+        settings: _settings_pb2.PrivacySettings | None = ...,
+        error_reason: _builtins.str = ...,
+        error_message: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "requested", b"requested", "settings", b"settings", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error_message", b"error_message", "error_reason", b"error_reason", "failure_policy", b"failure_policy", "fields", b"fields", "force", b"force", "id", b"id", "instance", b"instance", "request_id", b"request_id", "requested", b"requested", "requested_by", b"requested_by", "settings", b"settings", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateOperation: _TypeAlias = UpdateOperation  # noqa: Y015
+
+@_typing.final
+class GetUpdateOperationRequest(_message.Message):
+    """Asks for one recorded update."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    OPERATION_ID_FIELD_NUMBER: _builtins.int
+    instance: _builtins.str
+    """The instance's name."""
+    operation_id: _builtins.str
+    """The operation's id (from the plan event or the unary response)."""
+    def __init__(
+        self,
+        *,
+        instance: _builtins.str = ...,
+        operation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "operation_id", b"operation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUpdateOperationRequest: _TypeAlias = GetUpdateOperationRequest  # noqa: Y015
+
+@_typing.final
+class GetUpdateOperationResponse(_message.Message):
+    """One recorded update."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def operation(self) -> Global___UpdateOperation:
+        """The operation."""
+
+    def __init__(
+        self,
+        *,
+        operation: Global___UpdateOperation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUpdateOperationResponse: _TypeAlias = GetUpdateOperationResponse  # noqa: Y015
+
+@_typing.final
+class ListUpdateOperationsRequest(_message.Message):
+    """Asks for an instance's recorded updates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    instance: _builtins.str
+    """The instance's name."""
+    page_size: _builtins.int
+    """At most this many (default 20, at most 100)."""
+    page_token: _builtins.str
+    """The `next_page_token` of the previous page; empty for the first."""
+    def __init__(
+        self,
+        *,
+        instance: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUpdateOperationsRequest: _TypeAlias = ListUpdateOperationsRequest  # noqa: Y015
+
+@_typing.final
+class ListUpdateOperationsResponse(_message.Message):
+    """A page of recorded updates, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass as `page_token` for the next page; empty when there is none."""
+    @_builtins.property
+    def operations(self) -> _containers.RepeatedCompositeFieldContainer[Global___UpdateOperation]:
+        """The operations."""
+
+    def __init__(
+        self,
+        *,
+        operations: _abc.Iterable[Global___UpdateOperation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "operations", b"operations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUpdateOperationsResponse: _TypeAlias = ListUpdateOperationsResponse  # noqa: Y015

@@ -50,6 +50,16 @@ class PrivacyServiceStub:
                 request_serializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.StreamUpdatePrivacySettingsRequest.SerializeToString,
                 response_deserializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.StreamUpdatePrivacySettingsResponse.FromString,
                 _registered_method=True)
+        self.GetUpdateOperation = channel.unary_unary(
+                '/wagateway.privacy.v1.PrivacyService/GetUpdateOperation',
+                request_serializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.GetUpdateOperationRequest.SerializeToString,
+                response_deserializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.GetUpdateOperationResponse.FromString,
+                _registered_method=True)
+        self.ListUpdateOperations = channel.unary_unary(
+                '/wagateway.privacy.v1.PrivacyService/ListUpdateOperations',
+                request_serializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.ListUpdateOperationsRequest.SerializeToString,
+                response_deserializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.ListUpdateOperationsResponse.FromString,
+                _registered_method=True)
         self.WatchPrivacySettings = channel.unary_stream(
                 '/wagateway.privacy.v1.PrivacyService/WatchPrivacySettings',
                 request_serializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.WatchPrivacySettingsRequest.SerializeToString,
@@ -91,6 +101,21 @@ class PrivacyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUpdateOperation(self, request, context):
+        """One update as the journal recorded it: request, each field's outcome, the settings after,
+        and how the call ended (also for a caller who went away mid-stream).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUpdateOperations(self, request, context):
+        """The instance's recorded updates, newest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchPrivacySettings(self, request, context):
         """The instance's settings now, then the complete settings again each time they change, through
         this gateway or on the phone, until the caller ends the call.
@@ -116,6 +141,16 @@ def add_PrivacyServiceServicer_to_server(servicer, server):
                     servicer.StreamUpdatePrivacySettings,
                     request_deserializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.StreamUpdatePrivacySettingsRequest.FromString,
                     response_serializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.StreamUpdatePrivacySettingsResponse.SerializeToString,
+            ),
+            'GetUpdateOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUpdateOperation,
+                    request_deserializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.GetUpdateOperationRequest.FromString,
+                    response_serializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.GetUpdateOperationResponse.SerializeToString,
+            ),
+            'ListUpdateOperations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUpdateOperations,
+                    request_deserializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.ListUpdateOperationsRequest.FromString,
+                    response_serializer=wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.ListUpdateOperationsResponse.SerializeToString,
             ),
             'WatchPrivacySettings': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchPrivacySettings,
@@ -205,6 +240,60 @@ class PrivacyService:
             '/wagateway.privacy.v1.PrivacyService/StreamUpdatePrivacySettings',
             wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.StreamUpdatePrivacySettingsRequest.SerializeToString,
             wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.StreamUpdatePrivacySettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUpdateOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wagateway.privacy.v1.PrivacyService/GetUpdateOperation',
+            wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.GetUpdateOperationRequest.SerializeToString,
+            wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.GetUpdateOperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUpdateOperations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wagateway.privacy.v1.PrivacyService/ListUpdateOperations',
+            wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.ListUpdateOperationsRequest.SerializeToString,
+            wagateway_dot_privacy_dot_v1_dot_privacy__service__pb2.ListUpdateOperationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

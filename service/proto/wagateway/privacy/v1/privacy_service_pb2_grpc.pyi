@@ -74,6 +74,12 @@ class PrivacyServiceStub:
     each field's progress, last the complete settings. When a field fails, the stream still
     ends with the settings, then closes with the error status.
     """
+    GetUpdateOperation: _grpc.UnaryUnaryMultiCallable[_privacy_service_pb2.GetUpdateOperationRequest, _privacy_service_pb2.GetUpdateOperationResponse]
+    """One update as the journal recorded it: request, each field's outcome, the settings after,
+    and how the call ended (also for a caller who went away mid-stream).
+    """
+    ListUpdateOperations: _grpc.UnaryUnaryMultiCallable[_privacy_service_pb2.ListUpdateOperationsRequest, _privacy_service_pb2.ListUpdateOperationsResponse]
+    """The instance's recorded updates, newest first, a page at a time."""
     WatchPrivacySettings: _grpc.UnaryStreamMultiCallable[_privacy_service_pb2.WatchPrivacySettingsRequest, _privacy_service_pb2.WatchPrivacySettingsResponse]
     """The instance's settings now, then the complete settings again each time they change, through
     this gateway or on the phone, until the caller ends the call.
@@ -101,6 +107,12 @@ class PrivacyServiceAsyncStub(PrivacyServiceStub):
     each field's progress, last the complete settings. When a field fails, the stream still
     ends with the settings, then closes with the error status.
     """
+    GetUpdateOperation: _aio.UnaryUnaryMultiCallable[_privacy_service_pb2.GetUpdateOperationRequest, _privacy_service_pb2.GetUpdateOperationResponse]  # type: ignore[assignment]
+    """One update as the journal recorded it: request, each field's outcome, the settings after,
+    and how the call ended (also for a caller who went away mid-stream).
+    """
+    ListUpdateOperations: _aio.UnaryUnaryMultiCallable[_privacy_service_pb2.ListUpdateOperationsRequest, _privacy_service_pb2.ListUpdateOperationsResponse]  # type: ignore[assignment]
+    """The instance's recorded updates, newest first, a page at a time."""
     WatchPrivacySettings: _aio.UnaryStreamMultiCallable[_privacy_service_pb2.WatchPrivacySettingsRequest, _privacy_service_pb2.WatchPrivacySettingsResponse]  # type: ignore[assignment]
     """The instance's settings now, then the complete settings again each time they change, through
     this gateway or on the phone, until the caller ends the call.
@@ -143,6 +155,24 @@ class PrivacyServiceServicer(metaclass=_abc_1.ABCMeta):
         each field's progress, last the complete settings. When a field fails, the stream still
         ends with the settings, then closes with the error status.
         """
+
+    @_abc_1.abstractmethod
+    def GetUpdateOperation(
+        self,
+        request: _privacy_service_pb2.GetUpdateOperationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_privacy_service_pb2.GetUpdateOperationResponse, _abc.Awaitable[_privacy_service_pb2.GetUpdateOperationResponse]]:
+        """One update as the journal recorded it: request, each field's outcome, the settings after,
+        and how the call ended (also for a caller who went away mid-stream).
+        """
+
+    @_abc_1.abstractmethod
+    def ListUpdateOperations(
+        self,
+        request: _privacy_service_pb2.ListUpdateOperationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_privacy_service_pb2.ListUpdateOperationsResponse, _abc.Awaitable[_privacy_service_pb2.ListUpdateOperationsResponse]]:
+        """The instance's recorded updates, newest first, a page at a time."""
 
     @_abc_1.abstractmethod
     def WatchPrivacySettings(

@@ -1,0 +1,375 @@
+"""Updates as operations: journaled, detached from their caller, safe to retry.
+
+An update runs in a task of its own, not in the caller's: a caller who disconnects or whose
+deadline passes stops further stanzas (the engine is told to halt), but the stanza in flight
+finishes and the whole outcome is journaled, so ``GetUpdateOperation`` can say exactly what
+happened. Callers follow an operation's events; a retry with the same ``request_id`` follows the
+same operation while it runs, and replays the journal once it has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from service import engine
+from service.engine import (
+    CALLER_CANCELLED,
+    DEADLINE_PASSED,
+    FINAL_STATES,
+    Event,
+    FailurePolicy,
+    FieldEvent,
+    FieldState,
+    Halt,
+    Plan,
+    PlanStep,
+    Snapshot,
+    UpdateFailed,
+    UpdateOptions,
+)
+from service.errors import Code, GatewayError
+from service.instances import Instance
+from service.journal import INTERRUPTED, RUNNING, Journal, OperationRow, OutcomeRow, as_json
+from service.settings import Field, Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+COMPLETED = "COMPLETED"
+FAILED = "FAILED"
+_END_STATES = {Code.CANCELLED: "CANCELLED", Code.DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED"}
+
+
+@dataclass(frozen=True)
+class UpdateRequest:
+    """One caller's update, validated."""
+
+    requested: Mapping[Field, str]
+    options: UpdateOptions
+    request_id: str | None
+    requested_by: str
+
+    def fingerprint(self) -> str:
+        """Identifies the request's content, to tell a retry from a different request."""
+        body = {
+            "requested": {f.value: v for f, v in self.requested.items()},
+            "policy": self.options.policy.value,
+            "force": self.options.force,
+            "validate_only": self.options.validate_only,
+        }
+        return hashlib.sha256(as_json(body).encode()).hexdigest()
+
+
+class Operation:
+    """A running or finished update: its events so far, followed by any number of callers."""
+
+    def __init__(self, operation_id: str, instance: Instance, request: UpdateRequest) -> None:
+        self.id = operation_id
+        self.instance = instance
+        self.request = request
+        self.events: list[Event] = []
+        self.error: GatewayError | None = None
+        self.done = False
+        self._changed = asyncio.Condition()
+        self._halt: Halt | None = None
+
+    def halt(self, reason: Halt) -> None:
+        """No further stanza may start (the stanza in flight finishes)."""
+        if self._halt is None:
+            self._halt = reason
+
+    def halted(self) -> Halt | None:
+        return self._halt
+
+    async def publish(self, event: Event | None, error: GatewayError | None = None) -> None:
+        async with self._changed:
+            if event is not None:
+                self.events.append(event)
+            if error is not None:
+                self.error = error
+            self._changed.notify_all()
+
+    async def finish(self) -> None:
+        async with self._changed:
+            self.done = True
+            self._changed.notify_all()
+
+    def _has_news(self, seen: int) -> bool:
+        return len(self.events) > seen or self.done
+
+    async def follow(self) -> AsyncIterator[Event]:
+        """Every event from the first, as they come; raises the error of a refused update."""
+        seen = 0
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(partial(self._has_news, seen))
+                fresh, ended = self.events[seen:], self.done
+            for event in fresh:
+                yield event
+            seen += len(fresh)
+            if ended and seen == len(self.events):
+                if self.error is not None:
+                    raise self.error
+                return
+
+
+class Operations:
+    """Starts, journals, finds and replays operations."""
+
+    def __init__(self, journal_path: Path, retention_seconds: float) -> None:
+        self._journal_path = journal_path
+        self._journal: Journal | None = None
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="journal-reader")
+        self._retention = retention_seconds
+        self._running: dict[tuple[str, str], Operation] = {}
+        self._by_request: dict[tuple[str, str], Operation] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._purger: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start_up(self) -> None:
+        """Opens the journal, marks what a killed predecessor left RUNNING as INTERRUPTED, and
+        starts purging what is past retention."""
+        self._journal = await self._off_loop(Journal, self._journal_path)
+        interrupted = await self._write(self._journal.mark_interrupted)
+        if interrupted:
+            log.warning("%d update(s) were interrupted by the previous stop", interrupted)
+        self._purger = asyncio.create_task(self._purge_periodically(), name="journal-purge")
+
+    async def close(self) -> None:
+        """Lets running operations end (their stanzas in flight), then closes the journal."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._purger is not None:
+            self._purger.cancel()
+        for operation in list(self._running.values()):
+            operation.halt(Halt(Code.UNAVAILABLE, "the gateway is shutting down"))
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._journal is not None:
+            await self._off_loop(self._journal.close)
+        self._reader.shutdown(wait=True)
+
+    # -- updates -------------------------------------------------------------------------------
+
+    async def start(
+        self, instance: Instance, request: UpdateRequest, deadline: float | None
+    ) -> Operation:
+        """The operation for ``request``: a new one, or the one a retry refers to."""
+        if request.request_id is not None:
+            existing = await self._existing(instance, request)
+            if existing is not None:
+                return existing
+        operation = Operation(uuid.uuid4().hex, instance, request)
+        if not request.options.validate_only:
+            self._running[(instance.name, operation.id)] = operation
+            if request.request_id is not None:
+                self._by_request[(instance.name, request.request_id)] = operation
+        task = asyncio.create_task(self._run(operation, deadline), name=f"update-{operation.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return operation
+
+    async def _existing(self, instance: Instance, request: UpdateRequest) -> Operation | None:
+        assert request.request_id is not None
+        running = self._by_request.get((instance.name, request.request_id))
+        if running is not None:
+            _same_request(running.request, request)
+            return running
+        row = await self._read(self.journal.find_request, instance.name, request.request_id)
+        if row is None:
+            return None
+        if row.body_hash != request.fingerprint():
+            raise _reused(request.request_id)
+        return await _replay(instance, row)
+
+    async def _run(self, operation: Operation, deadline: float | None) -> None:
+        request = operation.request
+        journaled = False
+        try:
+            events = engine.update(
+                operation.instance,
+                request.requested,
+                options=request.options,
+                deadline=deadline,
+                halt=operation.halted,
+            )
+            async for event in events:
+                if isinstance(event, Plan) and not request.options.validate_only:
+                    await self._write(self.journal.begin, _row(operation))
+                    journaled = True
+                elif journaled and isinstance(event, FieldEvent) and event.state in FINAL_STATES:
+                    position = len([e for e in operation.events if _is_final(e)])
+                    await self._write(self.journal.record, operation.id, _outcome(position, event))
+                elif journaled and isinstance(event, Snapshot):
+                    await self._write(self.journal.finish, operation.id, *_ending(event))
+                await operation.publish(event)
+        except GatewayError as refused:
+            # Refused before the plan (not connected...): nothing was sent or journaled.
+            await operation.publish(None, refused)
+        except Exception as exc:
+            log.exception("update %s failed unexpectedly", operation.id)
+            crash = GatewayError(Code.INTERNAL, f"internal error: {exc}", "INTERNAL")
+            if journaled:
+                ending = (crash.code.value, crash.reason, crash.message)
+                await self._write(self.journal.finish, operation.id, FAILED, None, ending)
+            await operation.publish(None, crash)
+        finally:
+            self._running.pop((operation.instance.name, operation.id), None)
+            if request.request_id is not None:
+                self._by_request.pop((operation.instance.name, request.request_id), None)
+            await operation.finish()
+
+    # -- reading the journal -------------------------------------------------------------------
+
+    async def get(self, instance: Instance, operation_id: str) -> OperationRow:
+        row = await self._read(self.journal.get, instance.name, operation_id)
+        if row is None:
+            raise GatewayError(
+                Code.NOT_FOUND,
+                f"Operation not found: {operation_id}",
+                "OPERATION_NOT_FOUND",
+                {"instance": instance.name, "operation_id": operation_id},
+            )
+        return row
+
+    async def list(
+        self, instance: Instance, page_size: int, page_token: str
+    ) -> tuple[list[OperationRow], str]:
+        try:
+            return await self._read(self.journal.list, instance.name, page_size, page_token)
+        except ValueError as exc:
+            raise GatewayError(
+                Code.INVALID_ARGUMENT, "Invalid page_token", "INVALID_PAGE_TOKEN"
+            ) from exc
+
+    # -- internals -----------------------------------------------------------------------------
+
+    @property
+    def journal(self) -> Journal:
+        if self._journal is None:
+            raise RuntimeError("the operation journal is not open: call start_up() first")
+        return self._journal
+
+    async def _write(self, call: Callable[..., Future[T]], *args: Any) -> T:
+        """A journal write; returns once it is on disk."""
+        return await asyncio.wrap_future(call(*args))
+
+    async def _read(self, call: Callable[..., T], *args: Any) -> T:
+        return await self._off_loop(call, *args)
+
+    async def _off_loop(self, call: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._reader, call, *args)
+
+    async def _purge_periodically(self) -> None:
+        while True:
+            purged = await self._write(self.journal.purge, time.time() - self._retention)
+            if purged:
+                log.info("journal: purged %d operation(s) past retention", purged)
+            await asyncio.sleep(3600)
+
+
+def _same_request(known: UpdateRequest, request: UpdateRequest) -> None:
+    if known.fingerprint() != request.fingerprint():
+        assert request.request_id is not None
+        raise _reused(request.request_id)
+
+
+def _reused(request_id: str) -> GatewayError:
+    return GatewayError(
+        Code.INVALID_ARGUMENT,
+        f"request_id {request_id} was already used for a different request",
+        "REQUEST_ID_REUSED",
+        {"request_id": request_id},
+    )
+
+
+def _is_final(event: Event) -> bool:
+    return isinstance(event, FieldEvent) and event.state in FINAL_STATES
+
+
+def _row(operation: Operation) -> OperationRow:
+    request = operation.request
+    return OperationRow(
+        id=operation.id,
+        instance=operation.instance.name,
+        requested_by=request.requested_by,
+        request_id=request.request_id,
+        body_hash=request.fingerprint(),
+        requested={f.value: v for f, v in request.requested.items()},
+        policy=request.options.policy.name,
+        validate_only=request.options.validate_only,
+        force=request.options.force,
+        state=RUNNING,
+        started_at=time.time(),
+    )
+
+
+def _outcome(position: int, event: FieldEvent) -> OutcomeRow:
+    return OutcomeRow(
+        position, event.field.value, event.state.name, event.value, event.previous,
+        event.elapsed, event.error,
+    )  # fmt: skip
+
+
+def _ending(
+    snapshot: Snapshot,
+) -> tuple[str, Mapping[str, str], tuple[str, str, str] | None]:
+    settings = {f.value: v for f, v in snapshot.settings.items()}
+    error = snapshot.error
+    if error is None:
+        return COMPLETED, settings, None
+    state = _END_STATES.get(error.code, FAILED)
+    return state, settings, (error.code.value, error.reason, error.message)
+
+
+async def _replay(instance: Instance, row: OperationRow) -> Operation:
+    """A finished operation, from the journal, as the events its caller saw."""
+    request = UpdateRequest(
+        {Field(k): v for k, v in row.requested.items()},
+        UpdateOptions(FailurePolicy[row.policy], row.force, row.validate_only),
+        row.request_id,
+        row.requested_by,
+    )
+    operation = Operation(row.id, instance, request)
+    outcomes = [
+        FieldEvent(Field(o.field), FieldState[o.state], o.value, o.previous, o.elapsed, o.error)
+        for o in row.outcomes
+    ]
+    firsts = [o for o in outcomes if o.state not in _RESTORES]
+    steps = tuple(PlanStep(o.field, o.previous, o.value, row.force) for o in firsts)
+    await operation.publish(Plan(steps))
+    for outcome in outcomes:
+        await operation.publish(outcome)
+    settings = Settings({Field(k): v for k, v in (row.settings or {}).items()})
+    snapshot = Snapshot(settings, tuple(outcomes))
+    if row.state != COMPLETED:
+        code = Code(row.error_code) if row.error_code else Code.UNAVAILABLE
+        if row.state == INTERRUPTED:
+            code = Code.UNAVAILABLE
+        failed = UpdateFailed(code, row.error_message or row.state, row.error_reason or row.state)
+        failed.snapshot = snapshot
+        snapshot = Snapshot(settings, snapshot.outcomes, failed)
+    await operation.publish(snapshot)
+    await operation.finish()
+    return operation
+
+
+_RESTORES = {FieldState.RESTORED, FieldState.RESTORE_FAILED}
+
+
+def caller_left(operation: Operation, deadline: float | None) -> None:
+    """The caller who started ``operation`` went away: start no further stanza."""
+    if not operation.done:
+        passed = deadline is not None and time.monotonic() >= deadline
+        operation.halt(DEADLINE_PASSED if passed else CALLER_CANCELLED)
