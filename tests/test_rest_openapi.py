@@ -103,6 +103,9 @@ def _operations(schema: Any) -> dict[str, APIOperation]:
     return operations
 
 
+OPERATION_PATHS = (f"{PRIVACY}/operations", f"{PRIVACY}/operations/{{operationId}}")
+
+
 # -- the document ----------------------------------------------------------------------------
 
 
@@ -113,14 +116,19 @@ def test_openapi_json_is_served(base_url: str) -> None:
     assert response.headers["Content-Type"].startswith("application/json")
     document = response.json()
     assert document["openapi"].startswith("3.")
-    assert set(document["paths"]) == {PRIVACY, "/healthz"}
+    assert set(document["paths"]) == {PRIVACY, *OPERATION_PATHS, "/healthz"}
 
 
 def test_document_is_a_valid_openapi_3_document(schema: Any) -> None:
     # Raises if the document does not validate against the OpenAPI 3.0 meta-schema.
     schema.validate()
 
-    assert set(_operations(schema)) == {f"GET {PRIVACY}", f"POST {PRIVACY}", "GET /healthz"}
+    assert set(_operations(schema)) == {
+        f"GET {PRIVACY}",
+        f"POST {PRIVACY}",
+        *(f"GET {path}" for path in OPERATION_PATHS),
+        "GET /healthz",
+    }
 
 
 def test_documented_values_are_the_contracts(schema: Any) -> None:

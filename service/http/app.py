@@ -27,6 +27,7 @@ from service.http.body import MAX_BODY_BYTES
 from service.http.openapi import openapi_document
 from service.http.responses import NDJSON
 from service.instances import Instance
+from service.operations import UpdateRequest
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ def create_app(gateway: Gateway) -> web.Application:
     api = PrivacyApi(gateway)
     app.router.add_post(PRIVACY_PATH, api.update)
     app.router.add_get(PRIVACY_PATH, api.get)
+    app.router.add_get(f"{PRIVACY_PATH}/operations", api.list_operations)
+    app.router.add_get(f"{PRIVACY_PATH}/operations/{{operation_id}}", api.get_operation)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/healthz", _healthz)
     return app
@@ -58,17 +61,42 @@ class PrivacyApi:
     async def update(self, request: web.Request) -> web.StreamResponse:
         instance = self._authorize(request)
         requested = request_body.requested_settings(await _json_body(request))
-        events = engine.update(instance, requested, deadline=None)
+        update = UpdateRequest(
+            requested,
+            request_body.update_options(request.query),
+            request_body.idempotency_key(request.headers.get("Idempotency-Key")),
+            request[PRINCIPAL].label,
+        )
+        operation = await self._gateway.operations.start(instance, update, deadline=None)
+        operation_id = "" if update.options.validate_only else operation.id
         if NDJSON in request.headers.get("Accept", ""):
-            return await _stream(request, events)
+            return await _stream(request, operation.follow(), operation_id)
         snapshot: Snapshot | None = None
-        async for event in events:
+        async for event in operation.follow():
             if isinstance(event, Snapshot):
                 snapshot = event
         assert snapshot is not None, "the engine always ends with a snapshot"
         if snapshot.error is not None:
             raise snapshot.error
-        return web.json_response(responses.updated_body(snapshot))
+        return web.json_response(responses.updated_body(snapshot, operation_id))
+
+    async def get_operation(self, request: web.Request) -> web.StreamResponse:
+        instance = self._authorize(request)
+        row = await self._gateway.operations.get(instance, request.match_info["operation_id"])
+        return web.json_response({"success": True, "operation": responses.operation_json(row)})
+
+    async def list_operations(self, request: web.Request) -> web.StreamResponse:
+        instance = self._authorize(request)
+        size = request_body.page_size(request.query.get("pageSize"))
+        rows, token = await self._gateway.operations.list(
+            instance, size, request.query.get("pageToken", "")
+        )
+        body = {
+            "success": True,
+            "operations": [responses.operation_json(r) for r in rows],
+            "nextPageToken": token,
+        }
+        return web.json_response(body)
 
     def _authorize(self, request: web.Request) -> Instance:
         principal = self._gateway.tokens.authenticate(request.headers.get("token"), "header")
@@ -101,7 +129,7 @@ def _too_large() -> GatewayError:
     )
 
 
-async def _stream(request: web.Request, events: Any) -> web.StreamResponse:
+async def _stream(request: web.Request, events: Any, operation_id: str) -> web.StreamResponse:
     """NDJSON progress: one line per engine event; a failure ends it with an error line."""
     response = web.StreamResponse(headers={"Content-Type": NDJSON})
     async for event in events:
@@ -109,7 +137,7 @@ async def _stream(request: web.Request, events: Any) -> web.StreamResponse:
         # stream only begins with the first event.
         if not response.prepared:
             await response.prepare(request)
-        await response.write(_line(responses.event_json(event)))
+        await response.write(_line(responses.event_json(event, operation_id)))
         if isinstance(event, Snapshot) and event.error is not None:
             body = responses.error_body(event.error)
             await response.write(_line({"event": "error", "error": body["error"]}))

@@ -10,9 +10,12 @@ still gets a message that says exactly what is wrong.
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from service import errors
+from service.engine import FailurePolicy, UpdateOptions
 from service.errors import Code, GatewayError, Violation
 from service.settings import FIELDS, SECTIONS, Field, Settings
 
@@ -79,3 +82,62 @@ def settings_json(settings: Settings) -> dict[str, dict[str, str]]:
         if spec.field in settings:
             grouped[spec.section][spec.rest_name] = settings[spec.field]
     return grouped
+
+
+_POLICIES = {p.name: p for p in FailurePolicy}
+_FLAGS = {"true": True, "false": False}
+
+
+def update_options(query: Mapping[str, str]) -> UpdateOptions:
+    """``?failurePolicy=STOP|CONTINUE|ROLLBACK&validateOnly=true&force=true``."""
+    for key in query:
+        if key not in ("failurePolicy", "validateOnly", "force"):
+            raise invalid(
+                f"Unknown query parameter: {key}. Valid: failurePolicy, validateOnly, force",
+                "UNKNOWN_FIELD",
+                key,
+            )
+    policy = _POLICIES.get(query.get("failurePolicy", "STOP"))
+    if policy is None:
+        raise invalid(
+            f"Invalid failurePolicy value: {query['failurePolicy']}. "
+            "Valid values: STOP, CONTINUE, ROLLBACK",
+            "INVALID_VALUE",
+            "failurePolicy",
+        )
+    return UpdateOptions(policy, _flag(query, "force"), _flag(query, "validateOnly"))
+
+
+def _flag(query: Mapping[str, str], key: str) -> bool:
+    value = _FLAGS.get(query.get(key, "false"))
+    if value is None:
+        raise invalid(
+            f"Invalid {key} value: {query[key]}. Valid values: true, false", "INVALID_VALUE", key
+        )
+    return value
+
+
+def idempotency_key(value: str | None) -> str | None:
+    """The ``Idempotency-Key`` header: the request_id of a safe retry (a UUID)."""
+    if value is None:
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise invalid(
+            f"Idempotency-Key must be a UUID, not {value!r}",
+            "INVALID_REQUEST_ID",
+            "Idempotency-Key",
+        ) from None
+
+
+def page_size(value: str | None) -> int:
+    if value is None:
+        return 20
+    if not value.isdigit() or not 1 <= int(value) <= 100:
+        raise invalid(
+            f"Invalid pageSize value: {value}. Valid values: 1 to 100",
+            "INVALID_PAGE_SIZE",
+            "pageSize",
+        )
+    return int(value)

@@ -51,7 +51,17 @@ _FIELD_OUTCOME = {
     "required": ["field", "state", "value", "previous"],
     "properties": {
         "field": {"type": "string", "enum": [s.rest_path for s in FIELDS]},
-        "state": {"type": "string", "enum": ["APPLIED", "UNCHANGED", "FAILED", "NOT_ATTEMPTED"]},
+        "state": {
+            "type": "string",
+            "enum": [
+                "APPLIED",
+                "UNCHANGED",
+                "FAILED",
+                "NOT_ATTEMPTED",
+                "RESTORED",
+                "RESTORE_FAILED",
+            ],
+        },
         "value": {"type": "string"},
         "previous": {"type": "string"},
         "elapsedMs": {"type": "number", "description": "the stanza's round trip"},
@@ -105,6 +115,63 @@ _INSTANCE = {
 }
 
 
+_UPDATE_PARAMETERS = [
+    {
+        "name": "failurePolicy",
+        "in": "query",
+        "schema": {"type": "string", "enum": ["STOP", "CONTINUE", "ROLLBACK"]},
+        "description": "STOP (default, the contract's behaviour), CONTINUE, or ROLLBACK.",
+    },
+    {"name": "validateOnly", "in": "query", "schema": {"type": "boolean"}},
+    {"name": "force", "in": "query", "schema": {"type": "boolean"}},
+    {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "schema": {"type": "string", "format": "uuid"},
+        "description": "A retry with the same key and body returns the recorded outcome.",
+    },
+]
+
+_OPERATION = {
+    "type": "object",
+    "required": ["id", "instance", "requestedBy", "state", "fields", "startTime"],
+    "properties": {
+        "id": {"type": "string"},
+        "instance": {"type": "string"},
+        "requestedBy": {"type": "string"},
+        "requestId": {"type": "string"},
+        "requested": {"type": "object", "additionalProperties": {"type": "string"}},
+        "failurePolicy": {"type": "string", "enum": ["STOP", "CONTINUE", "ROLLBACK"]},
+        "force": {"type": "boolean"},
+        "state": {
+            "type": "string",
+            "enum": [
+                "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "DEADLINE_EXCEEDED", "INTERRUPTED",
+            ],
+        },
+        "fields": {"type": "array", "items": {"type": "object"}},
+        "settings": {"$ref": "#/components/schemas/Settings"},
+        "startTime": {"type": "number"},
+        "endTime": {"type": "number"},
+        "error": {"type": "object"},
+    },
+}  # fmt: skip
+_OPERATION_ONE = {
+    "type": "object",
+    "required": ["success", "operation"],
+    "properties": {"success": {"type": "boolean", "enum": [True]}, "operation": _OPERATION},
+}
+_OPERATION_PAGE = {
+    "type": "object",
+    "required": ["success", "operations", "nextPageToken"],
+    "properties": {
+        "success": {"type": "boolean", "enum": [True]},
+        "operations": {"type": "array", "items": _OPERATION},
+        "nextPageToken": {"type": "string"},
+    },
+}
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     settings_ok = {
@@ -117,12 +184,16 @@ def openapi_document() -> dict[str, Any]:
     }
     updated = {
         "type": "object",
-        "required": ["success", "message", "settings", "fields"],
+        "required": ["success", "message", "settings", "fields", "operationId"],
         "properties": {
             "success": {"type": "boolean", "enum": [True]},
             "message": {"type": "string", "enum": [UPDATED_MESSAGE]},
             "settings": {"$ref": "#/components/schemas/Settings"},
             "fields": {"type": "array", "items": {"$ref": "#/components/schemas/FieldOutcome"}},
+            "operationId": {
+                "type": "string",
+                "description": "The journal's id for this update; empty for validateOnly.",
+            },
         },
     }
     return {
@@ -152,6 +223,7 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Update privacy",
                     "operationId": "updatePrivacy",
+                    "parameters": _UPDATE_PARAMETERS,
                     "description": "Partial update: only the fields sent change, one WhatsApp "
                     "stanza per field whose value differs; not transactional. With `Accept: "
                     f"{NDJSON}` the response streams one JSON line per event (plan, field, "
@@ -174,14 +246,61 @@ def openapi_document() -> dict[str, Any]:
                         },
                         "400": _error_response(
                             f"`{NO_SETTINGS_MESSAGE}`, an invalid value, malformed JSON, an "
-                            f"unknown key, or `{NOT_CONNECTED_MESSAGE}`."
+                            f"unknown key, an invalid query parameter or Idempotency-Key, or "
+                            f"`{NOT_CONNECTED_MESSAGE}`."
                         ),
+                        "409": _error_response("The Idempotency-Key was used with another body."),
                         "413": _error_response(f"The body exceeds {MAX_BODY_BYTES} bytes."),
                         "415": _error_response("Content-Type is not application/json."),
                         "500": _error_response(
                             "`failed to update <field> privacy: <reason>`; the fields before it "
                             "stay applied (see `settings` and `fields`)."
                         ),
+                        **_COMMON_ERRORS,
+                    },
+                },
+            },
+            "/api/profile/privacy/{instance}/operations": {
+                "parameters": [_INSTANCE],
+                "get": {
+                    "summary": "List recorded updates, newest first",
+                    "operationId": "listOperations",
+                    "parameters": [
+                        {
+                            "name": "pageSize",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                        },
+                        {"name": "pageToken", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "A page of operations.",
+                            "content": {"application/json": {"schema": _OPERATION_PAGE}},
+                        },
+                        "400": _error_response("An invalid pageSize or pageToken."),
+                        **_COMMON_ERRORS,
+                    },
+                },
+            },
+            "/api/profile/privacy/{instance}/operations/{operationId}": {
+                "parameters": [
+                    _INSTANCE,
+                    {
+                        "name": "operationId",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "get": {
+                    "summary": "One recorded update",
+                    "operationId": "getOperation",
+                    "responses": {
+                        "200": {
+                            "description": "The operation as the journal recorded it.",
+                            "content": {"application/json": {"schema": _OPERATION_ONE}},
+                        },
                         **_COMMON_ERRORS,
                     },
                 },

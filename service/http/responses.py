@@ -12,7 +12,8 @@ from typing import Any
 from service.engine import Event, FieldEvent, Plan, Snapshot, UpdateFailed
 from service.errors import Code, GatewayError
 from service.http.body import settings_json
-from service.settings import Settings
+from service.journal import OperationRow
+from service.settings import FIELDS, Field, Settings
 
 UPDATED_MESSAGE = "Privacy settings updated successfully"
 NDJSON = "application/x-ndjson"
@@ -32,7 +33,12 @@ STATUS: dict[Code, int] = {
 
 
 #: Errors that HTTP has a more precise status for than their gRPC-shaped code.
-STATUS_BY_REASON = {"UNSUPPORTED_MEDIA_TYPE": 415, "BODY_TOO_LARGE": 413}
+STATUS_BY_REASON = {
+    "UNSUPPORTED_MEDIA_TYPE": 415,
+    "BODY_TOO_LARGE": 413,
+    # The Idempotency-Key draft's answer to a key reused with a different request.
+    "REQUEST_ID_REUSED": 409,
+}
 
 
 def http_status(error: GatewayError) -> int:
@@ -55,12 +61,13 @@ def error_body(error: GatewayError) -> dict[str, Any]:
     return body
 
 
-def updated_body(snapshot: Snapshot) -> dict[str, Any]:
+def updated_body(snapshot: Snapshot, operation_id: str = "") -> dict[str, Any]:
     return {
         "success": True,
         "message": UPDATED_MESSAGE,
         "settings": settings_json(snapshot.settings),
         "fields": [field_json(o) for o in snapshot.outcomes],
+        "operationId": operation_id,
     }
 
 
@@ -83,18 +90,19 @@ def field_json(event: FieldEvent) -> dict[str, Any]:
     return out
 
 
-def event_json(event: Event) -> dict[str, Any]:
+def event_json(event: Event, operation_id: str = "") -> dict[str, Any]:
     """One line of the NDJSON progress stream: the same events as the gRPC stream."""
     if isinstance(event, Plan):
         return {
             "event": "plan",
+            "operationId": operation_id,
             "stanzas": event.stanzas,
             "fields": [
                 {
                     "field": step.field.spec.rest_path,
                     "current": step.current,
                     "target": step.target,
-                    "changes": step.changes,
+                    "changes": step.sends,
                 }
                 for step in event.steps
             ],
@@ -102,3 +110,37 @@ def event_json(event: Event) -> dict[str, Any]:
     if isinstance(event, FieldEvent):
         return {"event": "field", **field_json(event)}
     return {"event": "snapshot", "settings": settings_json(event.settings)}
+
+
+def operation_json(row: OperationRow) -> dict[str, Any]:
+    """A journaled operation, named as the REST surface names things."""
+    specs = {spec.field.value: spec for spec in FIELDS}
+    out: dict[str, Any] = {
+        "id": row.id,
+        "instance": row.instance,
+        "requestedBy": row.requested_by,
+        "requestId": row.request_id or "",
+        "requested": {specs[k].rest_path: v for k, v in row.requested.items()},
+        "failurePolicy": row.policy,
+        "force": row.force,
+        "state": row.state,
+        "fields": [
+            {
+                "field": specs[o.field].rest_path,
+                "state": o.state,
+                "value": o.value,
+                "previous": o.previous,
+                **({"elapsedMs": round(o.elapsed * 1000, 3)} if o.elapsed is not None else {}),
+                **({"error": o.error} if o.error else {}),
+            }
+            for o in row.outcomes
+        ],
+        "startTime": row.started_at,
+    }
+    if row.settings:
+        out["settings"] = settings_json(Settings({Field(k): v for k, v in row.settings.items()}))
+    if row.ended_at is not None:
+        out["endTime"] = row.ended_at
+    if row.error_message:
+        out["error"] = {"message": row.error_message, "reason": row.error_reason or ""}
+    return out
