@@ -41,7 +41,8 @@ def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gate
     )
     limiter = RateLimiter(config.rate_limit_per_minute)
     retention = config.journal_retention_days * 86400
-    operations = Operations(Path(config.data_dir) / "journal.db", retention)
+    journal = Path(config.data_dir) / "journal.db"
+    operations = Operations(journal, retention, fsync=config.journal_fsync)
     return Gateway(instances, TokenRegistry(principals), limiter, operations, executor)
 
 

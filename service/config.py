@@ -115,6 +115,9 @@ class GatewayConfig(_Strict):
     reconnect_max_seconds: Annotated[float, Field(gt=0)] = 60.0
     #: How long finished updates stay in the operation journal (and request_ids stay valid).
     journal_retention_days: Annotated[float, Field(gt=0)] = 30.0
+    #: Flush every journal commit to the disk (survives power loss; costs a flush per commit).
+    #: Without it a commit survives the gateway being killed, not the machine losing power.
+    journal_fsync: bool = False
     accounts: list[AccountConfig] = []
     instances: list[InstanceConfig] = []
 

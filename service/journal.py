@@ -4,7 +4,9 @@ One row per operation and one per field outcome (a restore after a rollback is a
 its own), written as they happen, so a gateway killed mid-update leaves the operation readable:
 on the next start it is marked INTERRUPTED, with the fields that were applied.
 
-SQLite in WAL mode with ``synchronous=FULL``: a commit is on disk when it returns. Writes go
+SQLite in WAL mode: a commit is in the database's write-ahead log when it returns, so it
+survives the gateway being killed; with ``journal_fsync`` it is also flushed to the disk, which
+survives a power loss, at the cost of a disk flush per commit. Writes go
 through one thread, in order, committed in groups: however many updates run at once, each commit
 flushes everything that arrived while the previous one was flushing.
 """
@@ -100,13 +102,15 @@ class Journal:
     flush for everything that arrived meanwhile); each write's future resolves once its commit is
     on disk. Reads run on the caller's thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, fsync: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        # NORMAL: a commit is in the WAL file (the OS's cache) when it returns, which survives the
+        # gateway being killed; FULL also flushes it to the disk, which survives power loss.
+        self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()

@@ -126,8 +126,11 @@ class Operation:
 class Operations:
     """Starts, journals, finds and replays operations."""
 
-    def __init__(self, journal_path: Path, retention_seconds: float) -> None:
+    def __init__(
+        self, journal_path: Path, retention_seconds: float, *, fsync: bool = False
+    ) -> None:
         self._journal_path = journal_path
+        self._fsync = fsync
         self._journal: Journal | None = None
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="journal-reader")
         self._retention = retention_seconds
@@ -140,7 +143,10 @@ class Operations:
     async def start_up(self) -> None:
         """Opens the journal, marks what a killed predecessor left RUNNING as INTERRUPTED, and
         starts purging what is past retention."""
-        self._journal = await self._off_loop(Journal, self._journal_path)
+        open_journal = partial(Journal, self._journal_path, fsync=self._fsync)
+        self._journal = await self._off_loop(open_journal)
+            partial(Journal, fsync=self._fsync), self._journal_path
+        )
         interrupted = await self._write(self._journal.mark_interrupted)
         if interrupted:
             log.warning("%d update(s) were interrupted by the previous stop", interrupted)
