@@ -145,8 +145,6 @@ class Operations:
         starts purging what is past retention."""
         open_journal = partial(Journal, self._journal_path, fsync=self._fsync)
         self._journal = await self._off_loop(open_journal)
-            partial(Journal, fsync=self._fsync), self._journal_path
-        )
         interrupted = await self._write(self._journal.mark_interrupted)
         if interrupted:
             log.warning("%d update(s) were interrupted by the previous stop", interrupted)
