@@ -1,0 +1,109 @@
+"""``python -m benchmarks``: runs the four benchmarks and prints one table and its command.
+
+``--quick`` is the smoke size (seconds; the test suite runs it), ``--markdown`` prints the table
+as Markdown (as ``docs/benchmarks.md`` keeps it), ``--json PATH`` also writes every raw figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import footprint, overhead, scaling, stanzas
+from benchmarks.common import Row, machine
+
+SECTIONS = ("overhead", "stanzas", "scaling", "footprint")
+HEADERS = ("benchmark", "case", "gateway", "reference", "ratio", "target", "met")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(args_list)
+    only = set(args.only or SECTIONS)
+    host = machine()
+    started = time.monotonic()
+    rows: list[Row] = []
+    raw: dict[str, Any] = {"machine": host, "quick": args.quick}
+    with tempfile.TemporaryDirectory(prefix="privacy-gateway-bench-") as tmp:
+        workdir = Path(tmp)
+        jobs: dict[str, Callable[[], tuple[list[Row], Any]]] = {
+            "overhead": lambda: overhead.run(
+                overhead.Size(duration=0.3, warmup=0.1) if args.quick else overhead.Size(),
+                workdir,
+            ),
+            "stanzas": lambda: stanzas.run(workdir),
+            "scaling": lambda: scaling.run(
+                scaling.Size(counts=(1, 20), rounds=1) if args.quick else scaling.Size(),
+                workdir,
+            ),
+            "footprint": lambda: footprint.run(
+                footprint.Size(counts=(1, 20)) if args.quick else footprint.Size(), workdir
+            ),
+        }
+        for section in SECTIONS:
+            if section in only:
+                print(f"running {section} ...", file=sys.stderr, flush=True)
+                section_rows, section_raw = jobs[section]()
+                rows += section_rows
+                raw[section] = section_raw
+    raw["seconds"] = time.monotonic() - started
+    command = shlex.join([sys.executable, "-m", "benchmarks", *args_list])
+    raw["command"] = command
+    print(render(rows, host, command, raw["seconds"], markdown=args.markdown))
+    if args.json is not None:
+        args.json.write_text(json.dumps(raw, indent=2) + "\n")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Benchmarks of privacy-gateway: each server a process of its own on loopback.",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke size: seconds, not minutes")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the raw figures")
+    parser.add_argument(
+        "--only", action="append", choices=SECTIONS, help="run this part only (repeatable)"
+    )
+    return parser
+
+
+def render(
+    rows: Sequence[Row], host: dict[str, str], command: str, seconds: float, *, markdown: bool
+) -> str:
+    """The table, the machine it ran on and the command that reproduces it."""
+    cells = [HEADERS] + [
+        (r.section, r.case, r.measured, r.baseline, r.ratio, r.target, r.met) for r in rows
+    ]
+    where = (
+        f"machine: {host['cores']} cores, {host['cpu']}, Python {host['python']}, "
+        f"{host['system']}, load before {host['load_before']}, {host['date']}; "
+        f"took {seconds:.0f} s"
+    )
+    if markdown:
+        lines = [_markdown_row(cells[0]), _markdown_row(tuple("---" for _ in HEADERS))]
+        lines += [_markdown_row(c) for c in cells[1:]]
+        return "\n".join([*lines, "", where, "", f"command: `{command}`"])
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADERS))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(cells_row, widths, strict=True)).rstrip()
+        for cells_row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join([*lines, "", where, f"command: {command}"])
+
+
+def _markdown_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
