@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, replace
 
 from service import errors
 from service.errors import Code, GatewayError
@@ -161,7 +161,7 @@ async def update(
     options: UpdateOptions = UpdateOptions(),
     deadline: float | None = None,
     halt: HaltCheck | None = None,
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """Applies ``requested`` to ``instance``, yielding a Plan, FieldEvents, then a Snapshot.
 
     No stanza starts once ``deadline`` (a ``time.monotonic()`` instant) has passed or ``halt``
@@ -239,8 +239,11 @@ class _Run:
         a half-done rollback would be worse than either state."""
         applied = [o for o in self.outcomes if o.state is FieldState.APPLIED]
         for done in reversed(applied):
-            yield FieldEvent(done.field, FieldState.RESTORE_STARTED, done.previous, done.value)
-            outcome, _ = await self._send(done.field, done.previous, done.value, restore=True)
+            # As every field event: ``value`` is what was requested, ``previous`` what it held
+            # before the update, which the restore puts back.
+            yield FieldEvent(done.field, FieldState.RESTORE_STARTED, done.value, done.previous)
+            sent, _ = await self._send(done.field, done.previous, done.value, restore=True)
+            outcome = replace(sent, value=done.value, previous=done.previous)
             self.outcomes.append(outcome)
             yield outcome
 
@@ -324,7 +327,7 @@ def _failed(instance: Instance, snapshot: Snapshot, run: _Run) -> UpdateFailed:
         metadata["restored"] = restored
         metadata["restore_failed"] = ",".join(o.field.value for o in unrestored)
         if unrestored:
-            stuck = ", ".join(f"{o.field.spec.rest_name} still {o.previous}" for o in unrestored)
+            stuck = ", ".join(f"{o.field.spec.rest_name} still {o.value}" for o in unrestored)
             message += f"; rollback incomplete: {stuck}"
         else:
             message += "; rolled back"

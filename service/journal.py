@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS operations (
     settings      TEXT,
     error_code    TEXT,
     error_reason  TEXT,
-    error_message TEXT
+    error_message TEXT,
+    error_metadata TEXT
 );
 CREATE INDEX IF NOT EXISTS operations_by_instance ON operations (instance, started_at, id);
 CREATE UNIQUE INDEX IF NOT EXISTS operations_by_request
@@ -94,6 +95,7 @@ class OperationRow:
     error_code: str | None = None
     error_reason: str | None = None
     error_message: str | None = None
+    error_metadata: Mapping[str, str] | None = None
     outcomes: tuple[OutcomeRow, ...] = field(default=())
 
 
@@ -202,17 +204,19 @@ class Journal:
         state: str,
         settings: Mapping[str, str] | None,
         error: tuple[str, str, str] | None,
+        error_metadata: Mapping[str, str] | None = None,
     ) -> Future[None]:
         code, reason, message = error or (None, None, None)
         ended = time.time()
+        metadata = json.dumps(dict(error_metadata)) if error_metadata else None
 
         def write(db: sqlite3.Connection) -> None:
             db.execute(
                 "UPDATE operations SET state = ?, ended_at = ?, settings = ?, error_code = ?,"
-                " error_reason = ?, error_message = ? WHERE id = ?",
+                " error_reason = ?, error_message = ?, error_metadata = ? WHERE id = ?",
                 (
                     state, ended, json.dumps(dict(settings)) if settings else None,
-                    code, reason, message, operation_id,
+                    code, reason, message, metadata, operation_id,
                 ),
             )  # fmt: skip
 
@@ -301,6 +305,7 @@ class Journal:
             error_code=row["error_code"],
             error_reason=row["error_reason"],
             error_message=row["error_message"],
+            error_metadata=json.loads(row["error_metadata"]) if row["error_metadata"] else None,
             outcomes=tuple(
                 OutcomeRow(
                     o["position"],

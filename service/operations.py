@@ -10,6 +10,7 @@ same operation while it runs, and replays the journal once it has ended.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -139,6 +140,7 @@ class Operations:
         self._tasks: set[asyncio.Task[None]] = set()
         self._purger: asyncio.Task[None] | None = None
         self._closed = False
+        self._request_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def start_up(self) -> None:
         """Opens the journal, marks what a killed predecessor left RUNNING as INTERRUPTED, and
@@ -170,10 +172,22 @@ class Operations:
         self, instance: Instance, request: UpdateRequest, deadline: float | None
     ) -> Operation:
         """The operation for ``request``: a new one, or the one a retry refers to."""
-        if request.request_id is not None:
+        if request.request_id is None:
+            return self._launch(instance, request, deadline)
+        # Calls with one request_id, arriving together, must find each other: the journal
+        # lookup and the registration happen under one lock per request_id.
+        key = (instance.name, request.request_id)
+        lock = self._request_locks.setdefault(key, asyncio.Lock())
+        async with lock:
             existing = await self._existing(instance, request)
-            if existing is not None:
-                return existing
+            operation = existing or self._launch(instance, request, deadline)
+        if not lock.locked() and self._request_locks.get(key) is lock:
+            del self._request_locks[key]
+        return operation
+
+    def _launch(
+        self, instance: Instance, request: UpdateRequest, deadline: float | None
+    ) -> Operation:
         operation = Operation(uuid.uuid4().hex, instance, request)
         if not request.options.validate_only:
             self._running[(instance.name, operation.id)] = operation
@@ -208,16 +222,12 @@ class Operations:
                 deadline=deadline,
                 halt=operation.halted,
             )
-            async for event in events:
-                if isinstance(event, Plan) and not request.options.validate_only:
-                    await self._write(self.journal.begin, _row(operation))
-                    journaled = True
-                elif journaled and isinstance(event, FieldEvent) and event.state in FINAL_STATES:
-                    position = len([e for e in operation.events if _is_final(e)])
-                    await self._write(self.journal.record, operation.id, _outcome(position, event))
-                elif journaled and isinstance(event, Snapshot):
-                    await self._write(self.journal.finish, operation.id, *_ending(event))
-                await operation.publish(event)
+            # Closed on any exit, so a failure here (a journal write) cannot leave the engine
+            # suspended inside the instance's lock.
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    journaled = await self._journal_event(operation, event, journaled)
+                    await operation.publish(event)
         except GatewayError as refused:
             # Refused before the plan (not connected...): nothing was sent or journaled.
             await operation.publish(None, refused)
@@ -233,6 +243,18 @@ class Operations:
             if request.request_id is not None:
                 self._by_request.pop((operation.instance.name, request.request_id), None)
             await operation.finish()
+
+    async def _journal_event(self, operation: Operation, event: Event, journaled: bool) -> bool:
+        """Writes what ``event`` tells the journal, before anyone sees it; True once begun."""
+        if isinstance(event, Plan) and not operation.request.options.validate_only:
+            await self._write(self.journal.begin, _row(operation))
+            return True
+        if journaled and isinstance(event, FieldEvent) and event.state in FINAL_STATES:
+            position = len([e for e in operation.events if _is_final(e)])
+            await self._write(self.journal.record, operation.id, _outcome(position, event))
+        elif journaled and isinstance(event, Snapshot):
+            await self._write(self.journal.finish, operation.id, *_ending(event))
+        return journaled
 
     # -- reading the journal -------------------------------------------------------------------
 
@@ -328,13 +350,13 @@ def _outcome(position: int, event: FieldEvent) -> OutcomeRow:
 
 def _ending(
     snapshot: Snapshot,
-) -> tuple[str, Mapping[str, str], tuple[str, str, str] | None]:
+) -> tuple[str, Mapping[str, str], tuple[str, str, str] | None, Mapping[str, str] | None]:
     settings = {f.value: v for f, v in snapshot.settings.items()}
     error = snapshot.error
     if error is None:
-        return COMPLETED, settings, None
+        return COMPLETED, settings, None, None
     state = _END_STATES.get(error.code, FAILED)
-    return state, settings, (error.code.value, error.reason, error.message)
+    return state, settings, (error.code.value, error.reason, error.message), error.metadata
 
 
 async def _replay(instance: Instance, row: OperationRow) -> Operation:
@@ -361,7 +383,12 @@ async def _replay(instance: Instance, row: OperationRow) -> Operation:
         code = Code(row.error_code) if row.error_code else Code.UNAVAILABLE
         if row.state == INTERRUPTED:
             code = Code.UNAVAILABLE
-        failed = UpdateFailed(code, row.error_message or row.state, row.error_reason or row.state)
+        failed = UpdateFailed(
+            code,
+            row.error_message or row.state,
+            row.error_reason or row.state,
+            dict(row.error_metadata or {}),
+        )
         failed.snapshot = snapshot
         snapshot = Snapshot(settings, snapshot.outcomes, failed)
     await operation.publish(snapshot)
