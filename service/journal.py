@@ -115,12 +115,19 @@ class Journal:
         self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self._add_missing_columns()
         self._lock = threading.Lock()
         self._queue: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]] = []
         self._wake = threading.Condition()
         self._closing = False
         self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
         self._writer.start()
+
+    def _add_missing_columns(self) -> None:
+        """Brings a journal written by an earlier version up to this schema."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(operations)")}
+        if "error_metadata" not in columns:
+            self._db.execute("ALTER TABLE operations ADD COLUMN error_metadata TEXT")
 
     def close(self) -> None:
         """Commits what is queued, then closes."""

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -53,10 +54,12 @@ DEFAULT_TABLE = [
 def cli_env(**variables: str) -> dict[str, str]:
     """The test's environment without any ``PRIVACY_GATEWAY_*``, plus ``variables``.
 
-    The REST surface listens on a free port, so that no test depends on 8080 being free.
+    The REST surface listens on a free port, so that no test depends on 8080 being free, and the
+    gateway keeps its data (the journal) in a fresh directory, not in the checkout.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRIVACY_GATEWAY_")}
     env["PRIVACY_GATEWAY_HTTP_LISTEN"] = "127.0.0.1:0"
+    env["PRIVACY_GATEWAY_DATA_DIR"] = tempfile.mkdtemp(prefix="privacy-gateway-test-")
     env.update(variables)
     return env
 

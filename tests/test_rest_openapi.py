@@ -39,6 +39,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The REST base URL of a demo gateway in a subprocess (instance ``demo``, token TOKEN)."""
     logs = tmp_path_factory.mktemp("gateway")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRIVACY_GATEWAY_")}
+    env["PRIVACY_GATEWAY_DATA_DIR"] = str(tmp_path_factory.mktemp("gateway-data"))
     with (logs / "stdout").open("w+") as stdout, (logs / "stderr").open("w+") as stderr:
         process = subprocess.Popen(
             [
