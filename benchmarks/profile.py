@@ -102,6 +102,7 @@ def profile(
     out: Path,
     *,
     gil: bool = False,
+    native: bool = False,
 ) -> tuple[str, float]:
     """Runs the client, and py-spy on ``server`` for ``seconds`` once the client is measuring."""
     spy_binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -132,10 +133,12 @@ def profile(
         "--format",
         "raw",
         "--threads",
-        "--nonblocking",
+        # Native unwinding must pause the process; Python frames alone need not.
+        *([] if native else ["--nonblocking"]),
         "-o",
         str(out),
         *(["--gil"] if gil else []),
+        *(["--native"] if native else []),
     ]
     subprocess.run(command, check=True, capture_output=True)
     cores = (server.cpu_seconds() - cpu) / (time.monotonic() - started)
@@ -154,7 +157,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="sample only the thread holding the GIL (what the interpreter is busy with)",
     )
+    parser.add_argument(
+        "--native",
+        action="store_true",
+        help="include C and Cython frames (grpc's core, protobuf's upb, SQLite)",
+    )
     args = parser.parse_args(argv)
+    options = {"gil": args.gil, "native": args.native}
     with tempfile.TemporaryDirectory(prefix="privacy-gateway-profile-") as tmp:
         workdir = Path(tmp)
         out = args.out or workdir / "profile.txt"
@@ -172,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             with server_process(gateway_command(config)) as gateway:
                 raw, cores = profile(
-                    gateway, {**spec, "address": gateway.address}, args.seconds, out, gil=args.gil
+                    gateway, {**spec, "address": gateway.address}, args.seconds, out, **options
                 )
         else:
             count = 500
@@ -187,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             with server_process(command) as gateway:
                 raw, cores = profile(
-                    gateway, {**spec, "address": gateway.address}, args.seconds, out, gil=args.gil
+                    gateway, {**spec, "address": gateway.address}, args.seconds, out, **options
                 )
     print(report(summarise(raw), args.top, cores, args.seconds))
     return 0

@@ -8,19 +8,19 @@ SQLite in WAL mode: a commit is in the database's write-ahead log when it return
 survives the gateway being killed; with ``journal_fsync`` it is also flushed to the disk, which
 survives a power loss, at the cost of a disk flush per commit. Writes go
 through one thread, in order, committed in groups: however many updates run at once, each commit
-flushes everything that arrived while the previous one was flushing.
+flushes everything that arrived while the previous one was flushing, and the whole group's
+waiters are woken with one hop back to their event loop rather than one per write.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import contextlib
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,6 +62,8 @@ CREATE TABLE IF NOT EXISTS outcomes (
 """
 
 T = TypeVar("T")
+Write = Callable[[sqlite3.Connection], Any]
+Settled = tuple["asyncio.Future[Any]", Any, BaseException | None]
 RUNNING = "RUNNING"
 INTERRUPTED = "INTERRUPTED"
 
@@ -100,28 +102,39 @@ class OperationRow:
 
 
 class Journal:
-    """The journal database. Writes are queued and committed in groups by one thread (one disk
-    flush for everything that arrived meanwhile); each write's future resolves once its commit is
-    on disk. Reads run on the caller's thread."""
+    """The journal database.
+
+    Writes are queued and committed in groups, one transaction for everything that arrived
+    meanwhile; each returns a future of the calling event loop that resolves once its commit is
+    durable. Without ``fsync`` a commit is a write into the OS's cache (microseconds), so groups
+    are committed on the event loop itself, once per loop turn: no thread hop per write. With
+    ``fsync`` a commit waits for the disk, so groups are committed by a thread of their own.
+    Reads and checkpoints use a second connection on the caller's thread (WAL lets it read while
+    the writer writes), and checkpoints run there, never in a commit on the loop.
+    """
 
     def __init__(self, path: Path, *, fsync: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
+        self._db = _connect(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL: a commit is in the WAL file (the OS's cache) when it returns, which survives the
         # gateway being killed; FULL also flushes it to the disk, which survives power loss.
         self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+        # A checkpoint copies the WAL into the database and syncs it: ``checkpoint()`` does that
+        # off the loop, so no commit ever stalls on one.
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
         self._add_missing_columns()
-        self._lock = threading.Lock()
-        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]] = []
-        self._wake = threading.Condition()
-        self._closing = False
-        self._writer = threading.Thread(target=self._write_loop, name="journal-writer", daemon=True)
-        self._writer.start()
+        self._reads = _connect(path)
+        self._reads_lock = threading.Lock()
+        self._queue: list[tuple[Write, asyncio.Future[Any]]] = []
+        self._closed = False
+        self._writer = _WriterThread(self._commit, self._settle) if fsync else None
+        #: Called on the loop after each group's futures are resolved: one call per commit, so
+        #: a reader of many writes' futures need not put a callback on each of them.
+        self.on_commit: Callable[[], None] | None = None
 
     def _add_missing_columns(self) -> None:
         """Brings a journal written by an earlier version up to this schema."""
@@ -129,55 +142,96 @@ class Journal:
         if "error_metadata" not in columns:
             self._db.execute("ALTER TABLE operations ADD COLUMN error_metadata TEXT")
 
-    def close(self) -> None:
-        """Commits what is queued, then closes."""
-        with self._wake:
-            self._closing = True
-            self._wake.notify()
-        self._writer.join()
+    async def close(self) -> None:
+        """Commits what is queued, checkpoints, then closes."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        if self._writer is not None:
+            await loop.run_in_executor(None, self._writer.stop)
+        else:
+            self._commit_queued()
+        await loop.run_in_executor(None, self._close_connections)
+
+    def _close_connections(self) -> None:
+        with self._reads_lock:
+            self._reads.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._reads.close()
         self._db.close()
 
-    def _submit(self, work: Callable[[sqlite3.Connection], T]) -> Future[T]:
-        future: Future[T] = Future()
-        with self._wake:
-            if self._closing:
-                raise RuntimeError("the journal is closed")
-            self._queue.append((work, future))
-            self._wake.notify()
+    def checkpoint(self) -> None:
+        """Copies committed writes from the WAL into the database (blocking: call off the loop)."""
+        with self._reads_lock:
+            if not self._closed:
+                self._reads.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _submit(self, work: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queues ``work``; must be called from the event loop that awaits the result."""
+        if self._closed:
+            raise RuntimeError("the journal is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if self._writer is not None:
+            self._writer.submit(work, future)
+            return future
+        self._queue.append((work, future))
+        if len(self._queue) == 1:
+            future.get_loop().call_soon(self._commit_queued)
         return future
 
-    def _write_loop(self) -> None:
-        while True:
-            with self._wake:
-                while not self._queue and not self._closing:
-                    self._wake.wait()
-                batch, self._queue = self._queue, []
-                if not batch and self._closing:
-                    return
-            results: list[tuple[Future[Any], Any, BaseException | None]] = []
-            with self._lock:
+    def _commit_queued(self) -> None:
+        batch, self._queue = self._queue, []
+        if batch:
+            self._settle(self._commit(batch))
+
+    def _settle(self, results: list[Settled]) -> None:
+        for future, result, error in results:
+            if future.done():  # its waiter went away; the write is committed anyway
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+        if self.on_commit is not None:
+            self.on_commit()
+
+    def _commit(self, batch: list[tuple[Write, asyncio.Future[Any]]]) -> list[Settled]:
+        """Commits ``batch`` in one transaction. Writes do not fail in normal operation, so they
+        run plainly; if one does (a full disk), the batch is redone with a savepoint per write,
+        so that one bad write cannot lose the others."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                results: list[Settled] = [(f, work(self._db), None) for work, f in batch]
+            except Exception:
+                self._rollback()
                 self._db.execute("BEGIN IMMEDIATE")
-                for work, future in batch:
-                    self._db.execute("SAVEPOINT one")
-                    try:
-                        results.append((future, work(self._db), None))
-                        self._db.execute("RELEASE one")
-                    except Exception as exc:  # one bad write must not lose the others
-                        self._db.execute("ROLLBACK TO one")
-                        self._db.execute("RELEASE one")
-                        results.append((future, None, exc))
-                self._db.execute("COMMIT")
-            for future, result, error in results:
-                # A waiter that went away cancelled its future; the write is committed anyway.
-                with contextlib.suppress(InvalidStateError):
-                    if error is not None:
-                        future.set_exception(error)
-                    else:
-                        future.set_result(result)
+                results = [(future, *self._one(work)) for work, future in batch]
+            self._db.execute("COMMIT")
+        except Exception as exc:  # the commit itself failed: nothing of the batch is on disk
+            self._rollback()
+            results = [(future, None, exc) for _, future in batch]
+        return results
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def _one(self, work: Write) -> tuple[Any, BaseException | None]:
+        """Runs one write in a savepoint of its own."""
+        self._db.execute("SAVEPOINT one")
+        try:
+            result = work(self._db)
+        except Exception as exc:
+            self._db.execute("ROLLBACK TO one")
+            self._db.execute("RELEASE one")
+            return None, exc
+        self._db.execute("RELEASE one")
+        return result, None
 
     # -- writes (each returns a future that resolves once the write is on disk) ---------------
 
-    def begin(self, row: OperationRow) -> Future[None]:
+    def begin(self, row: OperationRow) -> asyncio.Future[None]:
         def write(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT INTO operations (id, instance, requested_by, request_id, body_hash,"
@@ -192,7 +246,7 @@ class Journal:
 
         return self._submit(write)
 
-    def record(self, operation_id: str, outcome: OutcomeRow) -> Future[None]:
+    def record(self, operation_id: str, outcome: OutcomeRow) -> asyncio.Future[None]:
         def write(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT OR REPLACE INTO outcomes (operation_id, position, field, state, value,"
@@ -212,7 +266,7 @@ class Journal:
         settings: Mapping[str, str] | None,
         error: tuple[str, str, str] | None,
         error_metadata: Mapping[str, str] | None = None,
-    ) -> Future[None]:
+    ) -> asyncio.Future[None]:
         code, reason, message = error or (None, None, None)
         ended = time.time()
         metadata = json.dumps(dict(error_metadata)) if error_metadata else None
@@ -229,7 +283,7 @@ class Journal:
 
         return self._submit(write)
 
-    def mark_interrupted(self) -> Future[int]:
+    def mark_interrupted(self) -> asyncio.Future[int]:
         """Operations a previous process left RUNNING (it died mid-update): INTERRUPTED."""
         ended = time.time()
 
@@ -246,7 +300,7 @@ class Journal:
 
         return self._submit(write)
 
-    def purge(self, older_than: float) -> Future[int]:
+    def purge(self, older_than: float) -> asyncio.Future[int]:
         """Deletes finished operations that ended before ``older_than`` (a ``time.time()``)."""
 
         def write(db: sqlite3.Connection) -> int:
@@ -260,15 +314,15 @@ class Journal:
     # -- reads ---------------------------------------------------------------------------------
 
     def get(self, instance: str, operation_id: str) -> OperationRow | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._reads_lock:
+            row = self._reads.execute(
                 "SELECT * FROM operations WHERE instance = ? AND id = ?", (instance, operation_id)
             ).fetchone()
             return self._with_outcomes(row) if row else None
 
     def find_request(self, instance: str, request_id: str) -> OperationRow | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._reads_lock:
+            row = self._reads.execute(
                 "SELECT * FROM operations WHERE instance = ? AND request_id = ?",
                 (instance, request_id),
             ).fetchone()
@@ -279,8 +333,8 @@ class Journal:
     ) -> tuple[list[OperationRow], str]:
         """Newest first; returns the page and the token of the next one ("" at the end)."""
         before = decode_page_token(page_token) if page_token else (float("inf"), "")
-        with self._lock:
-            rows = self._db.execute(
+        with self._reads_lock:
+            rows = self._reads.execute(
                 "SELECT * FROM operations WHERE instance = ?"
                 " AND (started_at < ? OR (started_at = ? AND id < ?))"
                 " ORDER BY started_at DESC, id DESC LIMIT ?",
@@ -292,7 +346,7 @@ class Journal:
         return page, token
 
     def _with_outcomes(self, row: sqlite3.Row) -> OperationRow:
-        outcomes = self._db.execute(
+        outcomes = self._reads.execute(
             "SELECT * FROM outcomes WHERE operation_id = ? ORDER BY position", (row["id"],)
         ).fetchall()
         return OperationRow(
@@ -326,6 +380,61 @@ class Journal:
                 for o in outcomes
             ),
         )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # Autocommit mode: transactions are opened explicitly. Each connection is used by one
+    # thread at a time (the loop or the writer; the reads lock), not the thread that opened it.
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+class _WriterThread:
+    """Commits queued writes in groups on a thread of its own (for commits that wait for the
+    disk), and wakes each group's waiters with one hop back to their loop."""
+
+    def __init__(
+        self,
+        commit: Callable[[list[tuple[Write, asyncio.Future[Any]]]], list[Settled]],
+        settle: Callable[[list[Settled]], None],
+    ) -> None:
+        self._commit = commit
+        self._settle = settle
+        self._queue: list[tuple[Write, asyncio.Future[Any]]] = []
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, work: Write, future: asyncio.Future[Any]) -> None:
+        with self._wake:
+            self._queue.append((work, future))
+            self._wake.notify()
+
+    def stop(self) -> None:
+        """Commits what is queued, then ends the thread."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._stopping:
+                    self._wake.wait()
+                batch, self._queue = self._queue, []
+                if not batch and self._stopping:
+                    return
+            settled: dict[asyncio.AbstractEventLoop, list[Settled]] = {}
+            for result in self._commit(batch):
+                settled.setdefault(result[0].get_loop(), []).append(result)
+            for loop, results in settled.items():
+                try:
+                    loop.call_soon_threadsafe(self._settle, results)
+                except RuntimeError:  # that loop is closed: nobody is waiting any more
+                    pass
 
 
 def encode_page_token(started_at: float, operation_id: str) -> str:

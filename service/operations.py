@@ -15,8 +15,9 @@ import hashlib
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -46,9 +47,12 @@ from service.settings import Field, Settings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: How often the journal's write-ahead log is copied into its database.
+CHECKPOINT_SECONDS = 1.0
 COMPLETED = "COMPLETED"
 FAILED = "FAILED"
 _END_STATES = {Code.CANCELLED: "CANCELLED", Code.DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED"}
+JOURNAL_FAILED = Halt(Code.INTERNAL, "the journal could not record the update")
 
 
 @dataclass(frozen=True)
@@ -72,16 +76,24 @@ class UpdateRequest:
 
 
 class Operation:
-    """A running or finished update: its events so far, followed by any number of callers."""
+    """A running or finished update: its events so far, followed by any number of callers.
+
+    An event that the journal must record is only shown to callers once its write is on disk, so
+    what a caller saw survives the gateway being killed. The engine does not wait for those writes
+    (they commit in groups while the next stanza is under way); events are released in order as
+    their writes land.
+    """
 
     def __init__(self, operation_id: str, instance: Instance, request: UpdateRequest) -> None:
         self.id = operation_id
         self.instance = instance
         self.request = request
+        #: The events callers may see, in order: each one journaled if it needed to be.
         self.events: list[Event] = []
         self.error: GatewayError | None = None
         self.done = False
-        self._changed = asyncio.Condition()
+        self._unreleased: deque[tuple[Event, asyncio.Future[None] | None]] = deque()
+        self._waiters: list[asyncio.Future[None]] = []
         self._halt: Halt | None = None
 
     def halt(self, reason: Halt) -> None:
@@ -92,36 +104,67 @@ class Operation:
     def halted(self) -> Halt | None:
         return self._halt
 
-    async def publish(self, event: Event | None, error: GatewayError | None = None) -> None:
-        async with self._changed:
-            if event is not None:
-                self.events.append(event)
-            if error is not None:
-                self.error = error
-            self._changed.notify_all()
+    def publish(self, event: Event, journaled: asyncio.Future[None] | None = None) -> bool:
+        """Shows ``event`` to callers once ``journaled`` (its journal write) has succeeded.
 
-    async def finish(self) -> None:
-        async with self._changed:
-            self.done = True
-            self._changed.notify_all()
+        Returns whether events are left waiting for the journal; ``release`` must then be called
+        once it commits.
+        """
+        self._unreleased.append((event, journaled))
+        return self.release()
 
-    def _has_news(self, seen: int) -> bool:
-        return len(self.events) > seen or self.done
+    def end(self, error: GatewayError | None = None) -> None:
+        """No more events. ``error`` refuses the update, or reports it crashed: events whose
+        journal write did not succeed are then never shown."""
+        self.release()
+        if error is not None:
+            self.error = error
+            self._unreleased.clear()
+        self.done = True
+        self._wake()
+
+    def release(self) -> bool:
+        """Shows the events whose writes are on disk; returns whether any are left waiting.
+
+        A write that failed halts the update: what follows could not be recorded.
+        """
+        released = False
+        while self._unreleased:
+            event, journaled = self._unreleased[0]
+            if journaled is not None:
+                if not journaled.done():
+                    break
+                if journaled.cancelled() or journaled.exception() is not None:
+                    self.halt(JOURNAL_FAILED)
+                    break
+            self._unreleased.popleft()
+            self.events.append(event)
+            released = True
+        if released:
+            self._wake()
+        return bool(self._unreleased)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def follow(self) -> AsyncIterator[Event]:
         """Every event from the first, as they come; raises the error of a refused update."""
         seen = 0
         while True:
-            async with self._changed:
-                await self._changed.wait_for(partial(self._has_news, seen))
-                fresh, ended = self.events[seen:], self.done
-            for event in fresh:
-                yield event
-            seen += len(fresh)
-            if ended and seen == len(self.events):
+            while seen < len(self.events):
+                seen += 1
+                yield self.events[seen - 1]
+            if self.done:
                 if self.error is not None:
                     raise self.error
                 return
+            # A waiter of its own: a follower that is cancelled must not cancel the others.
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
 
 
 class Operations:
@@ -138,32 +181,38 @@ class Operations:
         self._running: dict[tuple[str, str], Operation] = {}
         self._by_request: dict[tuple[str, str], Operation] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._purger: asyncio.Task[None] | None = None
+        self._upkeep: list[asyncio.Task[None]] = []
         self._closed = False
         self._request_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        #: Operations with events waiting for the journal to commit.
+        self._unjournaled: set[Operation] = set()
 
     async def start_up(self) -> None:
         """Opens the journal, marks what a killed predecessor left RUNNING as INTERRUPTED, and
         starts purging what is past retention."""
         open_journal = partial(Journal, self._journal_path, fsync=self._fsync)
         self._journal = await self._off_loop(open_journal)
-        interrupted = await self._write(self._journal.mark_interrupted)
+        self._journal.on_commit = self._journal_committed
+        interrupted = await self._journal.mark_interrupted()
         if interrupted:
             log.warning("%d update(s) were interrupted by the previous stop", interrupted)
-        self._purger = asyncio.create_task(self._purge_periodically(), name="journal-purge")
+        self._upkeep = [
+            asyncio.create_task(self._purge_periodically(), name="journal-purge"),
+            asyncio.create_task(self._checkpoint_periodically(), name="journal-checkpoint"),
+        ]
 
     async def close(self) -> None:
         """Lets running operations end (their stanzas in flight), then closes the journal."""
         if self._closed:
             return
         self._closed = True
-        if self._purger is not None:
-            self._purger.cancel()
+        for task in self._upkeep:
+            task.cancel()
         for operation in list(self._running.values()):
             operation.halt(Halt(Code.UNAVAILABLE, "the gateway is shutting down"))
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._journal is not None:
-            await self._off_loop(self._journal.close)
+            await self._journal.close()
         self._reader.shutdown(wait=True)
 
     # -- updates -------------------------------------------------------------------------------
@@ -213,7 +262,7 @@ class Operations:
 
     async def _run(self, operation: Operation, deadline: float | None) -> None:
         request = operation.request
-        journaled = False
+        journal = _OperationJournal(self.journal, operation)
         try:
             events = engine.update(
                 operation.instance,
@@ -226,35 +275,35 @@ class Operations:
             # suspended inside the instance's lock.
             async with contextlib.aclosing(events):
                 async for event in events:
-                    journaled = await self._journal_event(operation, event, journaled)
-                    await operation.publish(event)
+                    written = journal.write(event)
+                    if isinstance(event, Plan) and written is not None:
+                        # Nothing is sent before the operation itself is on disk.
+                        await written
+                    if operation.publish(event, written):
+                        self._unjournaled.add(operation)
+            await journal.flushed()
         except GatewayError as refused:
             # Refused before the plan (not connected...): nothing was sent or journaled.
-            await operation.publish(None, refused)
+            operation.end(refused)
         except Exception as exc:
             log.exception("update %s failed unexpectedly", operation.id)
             crash = GatewayError(Code.INTERNAL, f"internal error: {exc}", "INTERNAL")
-            if journaled:
+            if journal.begun:
                 ending = (crash.code.value, crash.reason, crash.message)
-                await self._write(self.journal.finish, operation.id, FAILED, None, ending)
-            await operation.publish(None, crash)
+                with contextlib.suppress(Exception):
+                    await self.journal.finish(operation.id, FAILED, None, ending)
+            operation.end(crash)
         finally:
             self._running.pop((operation.instance.name, operation.id), None)
+            self._unjournaled.discard(operation)
             if request.request_id is not None:
                 self._by_request.pop((operation.instance.name, request.request_id), None)
-            await operation.finish()
+            operation.end()
 
-    async def _journal_event(self, operation: Operation, event: Event, journaled: bool) -> bool:
-        """Writes what ``event`` tells the journal, before anyone sees it; True once begun."""
-        if isinstance(event, Plan) and not operation.request.options.validate_only:
-            await self._write(self.journal.begin, _row(operation))
-            return True
-        if journaled and isinstance(event, FieldEvent) and event.state in FINAL_STATES:
-            position = len([e for e in operation.events if _is_final(e)])
-            await self._write(self.journal.record, operation.id, _outcome(position, event))
-        elif journaled and isinstance(event, Snapshot):
-            await self._write(self.journal.finish, operation.id, *_ending(event))
-        return journaled
+    def _journal_committed(self) -> None:
+        for operation in list(self._unjournaled):
+            if not operation.release():
+                self._unjournaled.discard(operation)
 
     # -- reading the journal -------------------------------------------------------------------
 
@@ -287,10 +336,6 @@ class Operations:
             raise RuntimeError("the operation journal is not open: call start_up() first")
         return self._journal
 
-    async def _write(self, call: Callable[..., Future[T]], *args: Any) -> T:
-        """A journal write; returns once it is on disk."""
-        return await asyncio.wrap_future(call(*args))
-
     async def _read(self, call: Callable[..., T], *args: Any) -> T:
         return await self._off_loop(call, *args)
 
@@ -299,10 +344,59 @@ class Operations:
 
     async def _purge_periodically(self) -> None:
         while True:
-            purged = await self._write(self.journal.purge, time.time() - self._retention)
+            purged = await self.journal.purge(time.time() - self._retention)
             if purged:
                 log.info("journal: purged %d operation(s) past retention", purged)
             await asyncio.sleep(3600)
+
+    async def _checkpoint_periodically(self) -> None:
+        """Keeps the journal's write-ahead log short, off the loop (see ``Journal``)."""
+        while True:
+            await asyncio.sleep(CHECKPOINT_SECONDS)
+            await self._off_loop(self.journal.checkpoint)
+
+
+class _OperationJournal:
+    """What one operation's events write to the journal, and the writes still in flight."""
+
+    def __init__(self, journal: Journal, operation: Operation) -> None:
+        self._journal = journal
+        self._operation = operation
+        self._outcomes = 0
+        self._pending: list[asyncio.Future[None]] = []
+        self.begun = False
+
+    def write(self, event: Event) -> asyncio.Future[None] | None:
+        """Queues the write ``event`` calls for, if any; its future resolves once on disk."""
+        operation = self._operation
+        if operation.request.options.validate_only:
+            return None
+        if isinstance(event, Plan):
+            self.begun = True
+            return self._track(self._journal.begin(_row(operation)))
+        if isinstance(event, FieldEvent) and event.state in FINAL_STATES:
+            self._outcomes += 1
+            outcome = _outcome(self._outcomes - 1, event)
+            return self._track(self._journal.record(operation.id, outcome))
+        if isinstance(event, Snapshot):
+            return self._track(self._journal.finish(operation.id, *_ending(event)))
+        return None
+
+    async def flushed(self) -> None:
+        """Returns once every write is on disk; raises the first that failed."""
+        if self._pending:
+            # Groups commit in the order writes were queued: the last one done means all are.
+            with contextlib.suppress(Exception):
+                await self._pending[-1]
+        failures = [write.exception() for write in self._pending]
+        first = next((failure for failure in failures if failure is not None), None)
+        if first is not None:
+            raise first
+
+    def _track(self, write: asyncio.Future[None]) -> asyncio.Future[None]:
+        self._pending.append(write)
+        return write
+
 
 
 def _same_request(known: UpdateRequest, request: UpdateRequest) -> None:
@@ -318,10 +412,6 @@ def _reused(request_id: str) -> GatewayError:
         "REQUEST_ID_REUSED",
         {"request_id": request_id},
     )
-
-
-def _is_final(event: Event) -> bool:
-    return isinstance(event, FieldEvent) and event.state in FINAL_STATES
 
 
 def _row(operation: Operation) -> OperationRow:
@@ -374,9 +464,9 @@ async def _replay(instance: Instance, row: OperationRow) -> Operation:
     ]
     firsts = [o for o in outcomes if o.state not in _RESTORES]
     steps = tuple(PlanStep(o.field, o.previous, o.value, row.force) for o in firsts)
-    await operation.publish(Plan(steps))
+    operation.publish(Plan(steps))
     for outcome in outcomes:
-        await operation.publish(outcome)
+        operation.publish(outcome)
     settings = Settings({Field(k): v for k, v in (row.settings or {}).items()})
     snapshot = Snapshot(settings, tuple(outcomes))
     if row.state != COMPLETED:
@@ -391,8 +481,8 @@ async def _replay(instance: Instance, row: OperationRow) -> Operation:
         )
         failed.snapshot = snapshot
         snapshot = Snapshot(settings, snapshot.outcomes, failed)
-    await operation.publish(snapshot)
-    await operation.finish()
+    operation.publish(snapshot)
+    operation.end()
     return operation
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 
 
 class Field(enum.Enum):
@@ -25,6 +24,10 @@ class Field(enum.Enum):
     READ_RECEIPTS = "read_receipts"
     CALL_ADD = "call_add"
     GROUP_ADD = "group_add"
+
+    # Members are singletons compared by identity, so identity hashing is exact; Enum's own
+    # ``__hash__`` is Python code, and fields key every dictionary on the hot path.
+    __hash__ = object.__hash__
 
     @property
     def spec(self) -> FieldSpec:
@@ -72,7 +75,8 @@ FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(Field.GROUP_ADD, "permissions", "groupAdd", "groupadd", ("all", "contacts", "contact_blacklist"), "GroupAddValue"),
 )  # fmt: skip
 
-_SPECS: Mapping[Field, FieldSpec] = MappingProxyType({spec.field: spec for spec in FIELDS})
+_SPECS: dict[Field, FieldSpec] = {spec.field: spec for spec in FIELDS}
+_ORDER: tuple[Field, ...] = tuple(Field)
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(spec.section for spec in FIELDS))
 
 assert tuple(spec.field for spec in FIELDS) == tuple(Field), "FIELDS must follow Field's order"
@@ -94,9 +98,9 @@ class Settings(Mapping[Field, str]):
     def __init__(self, values: Mapping[Field, str] | None = None) -> None:
         given = dict(values or {})
         for field, value in given.items():
-            if value not in field.spec.values:
+            if value not in _SPECS[field].values:
                 raise ValueError(f"{value!r} is not a value of {field.value}")
-        self._values = {f: given[f] for f in Field if f in given}
+        self._values = {f: given[f] for f in _ORDER if f in given}
 
     def __getitem__(self, field: Field) -> str:
         return self._values[field]
@@ -121,4 +125,10 @@ class Settings(Mapping[Field, str]):
 
     def with_value(self, field: Field, value: str) -> Settings:
         """A copy with one field set."""
-        return Settings({**self._values, field: value})
+        if value not in _SPECS[field].values:
+            raise ValueError(f"{value!r} is not a value of {field.value}")
+        copy = Settings.__new__(Settings)
+        values = {**self._values, field: value}
+        # Only a new field changes the order; the values are known valid.
+        copy._values = values if field in self._values else {f: values[f] for f in _ORDER if f in values}
+        return copy

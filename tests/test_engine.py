@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service import engine
-from service.engine import Event, FieldEvent, FieldState, Plan, Snapshot
+from service.engine import CALLER_CANCELLED, Event, FieldEvent, FieldState, Halt, Plan, Snapshot
 from service.errors import NO_SETTINGS_MESSAGE, NOT_CONNECTED_MESSAGE, Code, GatewayError
 from service.instances import Instance
 from service.sessions.simulated import (
@@ -190,27 +190,26 @@ async def test_deadline_passing_mid_update_stops_before_the_next_stanza() -> Non
     assert snapshot.settings == session.server_settings
 
 
-async def test_cancelled_update_lets_the_stanza_in_flight_finish_and_starts_no_other() -> None:
-    latency = 0.1
-    session = SimulatedSession(latency=latency)
+async def test_halted_update_lets_the_stanza_in_flight_finish_and_starts_no_other() -> None:
+    session = SimulatedSession(latency=0.05)
     instance = _instance(session)
-    started = asyncio.Event()
+    halt: Halt | None = None
+    events = []
+    async for event in engine.update(instance, FIVE_CHANGES, halt=lambda: halt):
+        events.append(event)
+        if isinstance(event, FieldEvent) and event.state is FieldState.STARTED:
+            halt = CALLER_CANCELLED  # the caller leaves while the first stanza is in flight
 
-    async def consume() -> None:
-        async for event in engine.update(instance, FIVE_CHANGES):
-            if isinstance(event, FieldEvent) and event.state is FieldState.STARTED:
-                started.set()
-
-    task = asyncio.create_task(consume())
-    await started.wait()
-    await asyncio.sleep(0)  # the stanza is on its way
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await asyncio.sleep(3 * latency)
-
+    snapshot = events[-1]
+    assert isinstance(snapshot, Snapshot)
+    assert [o.state for o in snapshot.outcomes] == [FieldState.APPLIED] + [
+        FieldState.NOT_ATTEMPTED
+    ] * 4
+    assert snapshot.error is not None
+    assert snapshot.error.code is Code.CANCELLED
     assert session.sent == [FETCH, SentStanza("last", "none")]
     assert session.server_settings == DEFAULT_SETTINGS.with_value(Field.LAST_SEEN, "none")
+    assert snapshot.settings == session.server_settings
     assert not instance.lock.locked()
 
 

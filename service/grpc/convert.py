@@ -12,7 +12,6 @@ import re
 from collections.abc import Mapping
 
 from google.protobuf.descriptor import EnumDescriptor
-from google.protobuf.duration_pb2 import Duration
 
 from service.engine import Event, FieldEvent, FieldState, Plan, Snapshot
 from service.errors import Code, GatewayError, Violation
@@ -135,38 +134,50 @@ def requested_from_proto(message: settings_pb.PrivacySettings) -> dict[Field, st
 
 
 def field_value(field: Field, value: str) -> settings_pb.FieldValue:
+    return _FIELD_VALUES[field, value]
+
+
+def _build_field_value(field: Field, value: str) -> settings_pb.FieldValue:
     message = settings_pb.FieldValue()
     setattr(message, _ONEOF[field], _TO_NUMBER[field][value])
     return message
 
 
+#: Every (field, value) as a ``FieldValue``, built once: every event carries two.
+_FIELD_VALUES: Mapping[tuple[Field, str], settings_pb.FieldValue] = {
+    (s.field, v): _build_field_value(s.field, v) for s in FIELDS for v in s.values
+}
+
+
 def field_update(event: FieldEvent) -> pb.FieldUpdate:
-    message = pb.FieldUpdate(
-        field=_FIELD_NUMBER[event.field],
-        state=_STATE[event.state],
-        value=field_value(event.field, event.value),
-        previous=field_value(event.field, event.previous),
-        error=event.error or "",
-    )
-    if event.elapsed is not None:
-        message.elapsed.CopyFrom(_duration(event.elapsed))
+    message = pb.FieldUpdate()
+    _fill_field_update(message, event)
     return message
 
 
+def _fill_field_update(message: pb.FieldUpdate, event: FieldEvent) -> None:
+    # Filled in place: a progress stream converts one of these per event, so it is kept lean.
+    message.field = _FIELD_NUMBER[event.field]
+    message.state = _STATE[event.state]
+    message.value.CopyFrom(_FIELD_VALUES[event.field, event.value])
+    message.previous.CopyFrom(_FIELD_VALUES[event.field, event.previous])
+    if event.error:
+        message.error = event.error
+    if event.elapsed is not None:
+        seconds, nanos = divmod(round(event.elapsed * 1e9), 1_000_000_000)
+        message.elapsed.seconds = seconds
+        message.elapsed.nanos = nanos
+
+
 def plan_to_proto(plan: Plan, operation_id: str = "") -> pb.UpdatePlan:
-    return pb.UpdatePlan(
-        operation_id=operation_id,
-        fields=[
-            pb.PlannedField(
-                field=_FIELD_NUMBER[step.field],
-                current=field_value(step.field, step.current),
-                target=field_value(step.field, step.target),
-                changes=step.sends,
-            )
-            for step in plan.steps
-        ],
-        stanzas=plan.stanzas,
-    )
+    message = pb.UpdatePlan(operation_id=operation_id, stanzas=plan.stanzas)
+    for step in plan.steps:
+        planned = message.fields.add()
+        planned.field = _FIELD_NUMBER[step.field]
+        planned.current.CopyFrom(_FIELD_VALUES[step.field, step.current])
+        planned.target.CopyFrom(_FIELD_VALUES[step.field, step.target])
+        planned.changes = step.sends
+    return message
 
 
 def update_response(
@@ -183,17 +194,14 @@ def update_response(
 
 
 def stream_message(event: Event, operation_id: str = "") -> pb.StreamUpdatePrivacySettingsResponse:
-    if isinstance(event, Plan):
-        return pb.StreamUpdatePrivacySettingsResponse(plan=plan_to_proto(event, operation_id))
+    message = pb.StreamUpdatePrivacySettingsResponse()
     if isinstance(event, FieldEvent):
-        return pb.StreamUpdatePrivacySettingsResponse(field=field_update(event))
-    return pb.StreamUpdatePrivacySettingsResponse(snapshot=settings_to_proto(event.settings))
-
-
-def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromNanoseconds(round(seconds * 1e9))
-    return duration
+        _fill_field_update(message.field, event)
+    elif isinstance(event, Plan):
+        message.plan.CopyFrom(plan_to_proto(event, operation_id))
+    else:
+        message.snapshot.CopyFrom(settings_to_proto(event.settings))
+    return message
 
 
 def watch_initial(settings: Settings) -> pb.WatchPrivacySettingsResponse:

@@ -77,10 +77,15 @@ class PrivacyServicer(pb_grpc.PrivacyServiceServicer):
     ) -> AsyncIterator[pb.StreamUpdatePrivacySettingsResponse]:
         call = await self._start(request, context)
         operation = call.operation
-        async for event in call.follow():
-            yield convert.stream_message(event, _operation_id(operation))
-            if isinstance(event, Snapshot) and event.error is not None:
-                raise _with_operation(event.error, operation)
+        operation_id = _operation_id(operation)
+        try:
+            async for event in operation.follow():
+                yield convert.stream_message(event, operation_id)
+                if isinstance(event, Snapshot) and event.error is not None:
+                    raise _with_operation(event.error, operation)
+        except asyncio.CancelledError:
+            call.left()
+            raise
 
     async def GetUpdateOperation(
         self, request: pb.GetUpdateOperationRequest, context: Context
@@ -148,10 +153,14 @@ class _Call:
             async for event in self.operation.follow():
                 yield event
         except asyncio.CancelledError:
-            # Only the caller who started it may halt it; a retry that re-attached just leaves.
-            if self.owned:
-                caller_left(self.operation, self.deadline)
+            self.left()
             raise
+
+    def left(self) -> None:
+        """The caller went away. Only the caller who started the operation may halt it; a retry
+        that re-attached just leaves."""
+        if self.owned:
+            caller_left(self.operation, self.deadline)
 
 
 def _policy(value: int) -> FailurePolicy:
