@@ -1,7 +1,7 @@
 """3. Concurrency scaling: N WhatsApp instances updating all seven fields at once.
 
 The gateway runs the WhatsApp session kind's own code path (``WhatsAppSession``: every stanza a
-blocking call on the gateway's stanza executor, ``stanza_threads`` of them, 256 by default) over
+blocking call on the gateway's stanza threads, up to ``stanza_threads``, 1,024 by default) over
 ``StandInFFI``, which blocks the calling thread 50 ms per stanza as neonize's Go call does. It
 cannot be started with ``privacy-gateway serve`` (the stand-in is not configurable there), so
 ``python -m benchmarks.scaling N LATENCY DATA_DIR [STANZA_THREADS]`` builds it with

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +13,7 @@ from service.instances import Instance, InstanceDirectory
 from service.operations import Operations
 from service.ratelimit import RateLimiter
 from service.sessions.base import Session
+from service.sessions.blocking import BlockingCalls
 from service.sessions.simulated import DEFAULT_SETTINGS, SimulatedSession
 from service.settings import Field, Settings
 
@@ -32,10 +32,10 @@ def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gate
         for i in config.instances
         if i.token_sha256 is not None
     ]
-    executor = None
+    blocking = None
     if any(i.session == "whatsapp" for i in config.instances):
-        executor = ThreadPoolExecutor(config.stanza_threads, thread_name_prefix="stanza")
-    sessions = WhatsAppSessions(config, executor, ffi)
+        blocking = BlockingCalls(config.stanza_threads)
+    sessions = WhatsAppSessions(config, blocking, ffi)
     instances = InstanceDirectory(
         Instance(i.name, i.account, sessions.build(i)) for i in config.instances
     )
@@ -43,7 +43,7 @@ def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gate
     retention = config.journal_retention_days * 86400
     journal = Path(config.data_dir) / "journal.db"
     operations = Operations(journal, retention, fsync=config.journal_fsync)
-    return Gateway(instances, TokenRegistry(principals), limiter, operations, executor)
+    return Gateway(instances, TokenRegistry(principals), limiter, operations, blocking)
 
 
 class WhatsAppSessions:
@@ -52,11 +52,11 @@ class WhatsAppSessions:
     def __init__(
         self,
         config: GatewayConfig,
-        executor: ThreadPoolExecutor | None,
+        blocking: BlockingCalls | None,
         ffi: WhatsAppFFI | None,
     ) -> None:
         self._config = config
-        self._executor = executor
+        self._blocking = blocking
         self._ffi = ffi
 
     def build(self, instance: InstanceConfig) -> Session:
@@ -65,7 +65,7 @@ class WhatsAppSessions:
         from service.sessions.ffi import NeonizeFFI  # noqa: PLC0415 - loads the Go library
         from service.sessions.whatsapp import Backoff, WhatsAppSession  # noqa: PLC0415
 
-        assert self._executor is not None
+        assert self._blocking is not None
         if self._ffi is None:
             self._ffi = NeonizeFFI()
         store = instance.store
@@ -81,7 +81,7 @@ class WhatsAppSessions:
             self._ffi,
             store=store,
             proxy=instance.proxy,
-            executor=self._executor,
+            blocking=self._blocking,
             backoff=backoff,
         )
 

@@ -108,8 +108,10 @@ class GatewayConfig(_Strict):
     #: Where WhatsApp session stores (SQLite) are kept by default.
     data_dir: Annotated[str, StringConstraints(min_length=1)] = "data"
     #: Threads for blocking WhatsApp calls: each stanza holds one for its round trip, so this is
-    #: how many stanzas (across all instances) can be in flight at once.
-    stanza_threads: Annotated[int, Field(ge=1, le=4096)] = 256
+    #: how many stanzas (across all instances) can be in flight at once. They are started only
+    #: as calls need them, and an update has one stanza in flight per instance, so a gateway
+    #: with N WhatsApp instances uses about N at its busiest.
+    stanza_threads: Annotated[int, Field(ge=1, le=4096)] = 1024
     #: Backoff between connection attempts: first delay, doubling up to the maximum.
     reconnect_initial_seconds: Annotated[float, Field(gt=0)] = 1.0
     reconnect_max_seconds: Annotated[float, Field(gt=0)] = 60.0

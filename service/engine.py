@@ -18,7 +18,6 @@ or a shield of its own, which would cost more than the rest of a fast update.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from service.auth import TokenRegistry
 from service.instances import InstanceDirectory
 from service.operations import Operations
 from service.ratelimit import RateLimiter
+from service.sessions.blocking import BlockingCalls
 
 
 @dataclass
@@ -21,7 +21,7 @@ class Gateway:
     limiter: RateLimiter
     operations: Operations
     #: Runs the blocking WhatsApp calls (stanzas); None when no instance needs one.
-    executor: Executor | None = None
+    blocking: BlockingCalls | None = None
 
     async def start(self) -> None:
         """Opens the journal, then starts every session's connection in the background."""
@@ -33,5 +33,5 @@ class Gateway:
         """Lets running updates end and journals them, then disconnects every session."""
         await self.operations.close()
         await asyncio.gather(*(i.session.close() for i in self.instances))
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.blocking is not None:
+            self.blocking.shutdown()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import sqlite3
 import threading
@@ -431,10 +432,9 @@ class _WriterThread:
             for result in self._commit(batch):
                 settled.setdefault(result[0].get_loop(), []).append(result)
             for loop, results in settled.items():
-                try:
+                # A closed loop has nobody waiting any more.
+                with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(self._settle, results)
-                except RuntimeError:  # that loop is closed: nobody is waiting any more
-                    pass
 
 
 def encode_page_token(started_at: float, operation_id: str) -> str:

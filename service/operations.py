@@ -94,6 +94,7 @@ class Operation:
         self.done = False
         self._unreleased: deque[tuple[Event, asyncio.Future[None] | None]] = deque()
         self._waiters: list[asyncio.Future[None]] = []
+        self._end_waiters: list[asyncio.Future[None]] = []
         self._halt: Halt | None = None
 
     def halt(self, reason: Halt) -> None:
@@ -122,6 +123,10 @@ class Operation:
             self._unreleased.clear()
         self.done = True
         self._wake()
+        for waiter in self._end_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._end_waiters.clear()
 
     def release(self) -> bool:
         """Shows the events whose writes are on disk; returns whether any are left waiting.
@@ -149,6 +154,20 @@ class Operation:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    async def outcome(self) -> tuple[Plan, Snapshot]:
+        """The plan and the snapshot once the operation has ended; raises the error of a refused
+        update. For a caller that wants only the end: one wake-up rather than one per event."""
+        if not self.done:
+            waiter = asyncio.get_running_loop().create_future()
+            self._end_waiters.append(waiter)
+            await waiter
+        if self.error is not None:
+            raise self.error
+        plan, snapshot = self.events[0], self.events[-1]
+        assert isinstance(plan, Plan), "the engine plans first"
+        assert isinstance(snapshot, Snapshot), "the engine snapshots last"
+        return plan, snapshot
 
     async def follow(self) -> AsyncIterator[Event]:
         """Every event from the first, as they come; raises the error of a refused update."""
@@ -396,7 +415,6 @@ class _OperationJournal:
     def _track(self, write: asyncio.Future[None]) -> asyncio.Future[None]:
         self._pending.append(write)
         return write
-
 
 
 def _same_request(known: UpdateRequest, request: UpdateRequest) -> None:

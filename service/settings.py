@@ -130,5 +130,7 @@ class Settings(Mapping[Field, str]):
         copy = Settings.__new__(Settings)
         values = {**self._values, field: value}
         # Only a new field changes the order; the values are known valid.
-        copy._values = values if field in self._values else {f: values[f] for f in _ORDER if f in values}
+        copy._values = (
+            values if field in self._values else {f: values[f] for f in _ORDER if f in values}
+        )
         return copy

@@ -193,12 +193,12 @@ async def test_deadline_passing_mid_update_stops_before_the_next_stanza() -> Non
 async def test_halted_update_lets_the_stanza_in_flight_finish_and_starts_no_other() -> None:
     session = SimulatedSession(latency=0.05)
     instance = _instance(session)
-    halt: Halt | None = None
+    halts: list[Halt] = []
     events = []
-    async for event in engine.update(instance, FIVE_CHANGES, halt=lambda: halt):
+    async for event in engine.update(instance, FIVE_CHANGES, halt=lambda: next(iter(halts), None)):
         events.append(event)
         if isinstance(event, FieldEvent) and event.state is FieldState.STARTED:
-            halt = CALLER_CANCELLED  # the caller leaves while the first stanza is in flight
+            halts.append(CALLER_CANCELLED)  # the caller leaves while the first stanza is in flight
 
     snapshot = events[-1]
     assert isinstance(snapshot, Snapshot)

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
 from service.sessions import neonize_codec as codec
 from service.sessions import whatsapp
 from service.sessions.base import SessionError, SessionState
+from service.sessions.blocking import BlockingCalls
 from service.sessions.ffi import LinkCallbacks, NeonizeFFI
 from service.sessions.ffi_standin import StandInFFI
 from service.sessions.whatsapp import Backoff, WhatsAppSession
@@ -141,8 +141,8 @@ async def _close_for_teardown(gateway: Gateway) -> None:
     """
     with contextlib.suppress(asyncio.CancelledError, TimeoutError):
         await asyncio.wait_for(gateway.close(), 10)
-    if gateway.executor is not None:
-        gateway.executor.shutdown(wait=False, cancel_futures=True)
+    if gateway.blocking is not None:
+        gateway.blocking.shutdown()
 
 
 def _connection_threads(*instances: str) -> list[threading.Thread]:
@@ -379,13 +379,13 @@ def probe_read_settings_of_a_disconnected_session(store: str) -> None:
     """Child process: ``WhatsAppSession.read_settings`` while its dial keeps failing."""
 
     async def main() -> None:
-        executor = ThreadPoolExecutor(2, thread_name_prefix="stanza")
+        blocking = BlockingCalls(2)
         session = WhatsAppSession(
             "probe-read",
             NeonizeFFI(),
             store=store,
             proxy=CLOSED_SOCKS,
-            executor=executor,
+            blocking=blocking,
             backoff=Backoff(30, 30),
         )
         await session.start()
@@ -400,7 +400,7 @@ def probe_read_settings_of_a_disconnected_session(store: str) -> None:
         else:
             _report("read", raised=False, settings=repr(settings))
         await session.close()
-        executor.shutdown(wait=False)
+        blocking.shutdown()
         _report("closed")
 
     asyncio.run(main())
@@ -448,9 +448,9 @@ async def test_the_session_sends_whatsmeows_strings(tmp_path: Path) -> None:
     standin = StandInFFI(latency=0)
     standin.account(b"name").jid = "1@s.whatsapp.net"
     ffi = RecordingFFI(standin)
-    executor = ThreadPoolExecutor(2, thread_name_prefix="stanza")
+    blocking = BlockingCalls(2)
     session = WhatsAppSession(
-        "name", ffi, store=str(tmp_path / "name.db"), proxy=CLOSED_SOCKS, executor=executor
+        "name", ffi, store=str(tmp_path / "name.db"), proxy=CLOSED_SOCKS, blocking=blocking
     )
     await session.start()
     try:
@@ -467,7 +467,7 @@ async def test_the_session_sends_whatsmeows_strings(tmp_path: Path) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await session.close()
         standin.stop(b"name")
-        executor.shutdown(wait=False)
+        blocking.shutdown()
 
     assert ffi.sent == expected
     for category, value in ffi.sent:
@@ -683,9 +683,9 @@ async def test_close_stops_a_live_connection(tmp_path: Path) -> None:
     standin = StandInFFI(latency=0)
     standin.account(b"live").jid = "1@s.whatsapp.net"
     ffi = RecordingFFI(standin)
-    executor = ThreadPoolExecutor(2, thread_name_prefix="stanza")
+    blocking = BlockingCalls(2)
     session = WhatsAppSession(
-        "live", ffi, store=str(tmp_path / "live.db"), proxy=CLOSED_SOCKS, executor=executor
+        "live", ffi, store=str(tmp_path / "live.db"), proxy=CLOSED_SOCKS, blocking=blocking
     )
     await session.start()
     try:
@@ -705,4 +705,4 @@ async def test_close_stops_a_live_connection(tmp_path: Path) -> None:
         await wait_until(lambda: not connection[0].is_alive(), 2, "the connection's thread to end")
     finally:
         standin.stop(b"live")  # lets the stand-in's connection end if close did not
-        executor.shutdown(wait=False)
+        blocking.shutdown()

@@ -12,7 +12,7 @@ from typing import Any
 from grpc import aio
 
 from service import engine
-from service.engine import Event, FailurePolicy, Plan, Snapshot, UpdateOptions
+from service.engine import FailurePolicy, Snapshot, UpdateOptions
 from service.errors import Code, GatewayError, Violation
 from service.gateway import Gateway
 from service.grpc import convert
@@ -57,17 +57,13 @@ class PrivacyServicer(pb_grpc.PrivacyServiceServicer):
     async def UpdatePrivacySettings(
         self, request: pb.UpdatePrivacySettingsRequest, context: Context
     ) -> pb.UpdatePrivacySettingsResponse:
-        plan: Plan | None = None
-        snapshot: Snapshot | None = None
         call = await self._start(request, context)
         operation = call.operation
-        async for event in call.follow():
-            if isinstance(event, Plan):
-                plan = event
-            elif isinstance(event, Snapshot):
-                snapshot = event
-        assert plan is not None, "the engine plans first"
-        assert snapshot is not None, "the engine snapshots last"
+        try:
+            plan, snapshot = await operation.outcome()
+        except asyncio.CancelledError:
+            call.left()
+            raise
         if snapshot.error is not None:
             raise _with_operation(snapshot.error, operation)
         return convert.update_response(snapshot, _operation_id(operation), plan)
@@ -147,14 +143,6 @@ class _Call:
     operation: Operation
     owned: bool
     deadline: float | None
-
-    async def follow(self) -> AsyncIterator[Event]:
-        try:
-            async for event in self.operation.follow():
-                yield event
-        except asyncio.CancelledError:
-            self.left()
-            raise
 
     def left(self) -> None:
         """The caller went away. Only the caller who started the operation may halt it; a retry

@@ -71,11 +71,7 @@ class PrivacyApi:
         operation_id = "" if update.options.validate_only else operation.id
         if NDJSON in request.headers.get("Accept", ""):
             return await _stream(request, operation.follow(), operation_id)
-        snapshot: Snapshot | None = None
-        async for event in operation.follow():
-            if isinstance(event, Snapshot):
-                snapshot = event
-        assert snapshot is not None, "the engine always ends with a snapshot"
+        _, snapshot = await operation.outcome()
         if snapshot.error is not None:
             raise snapshot.error
         return web.json_response(responses.updated_body(snapshot, operation_id))

@@ -9,6 +9,7 @@ connection is down, QR codes for an unpaired device until it is scanned.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from neonize.proto import Neonize_pb2 as npb
 from service.sessions.ffi import EVENT_CODES, LinkCallbacks
 from service.sessions.neonize_codec import neonize_field, settings_to_neonize
 from service.sessions.simulated import DEFAULT_SETTINGS
-from service.settings import Field, Settings
+from service.settings import Field, Settings, by_category
 
 
 @dataclass
@@ -33,6 +34,15 @@ class StandInAccount:
     callbacks: LinkCallbacks | None = None
     stopped: threading.Event = field(default_factory=threading.Event)
     failures: dict[Field, str] = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=4096)
+def _set_reply(settings: tuple[tuple[Field, str], ...]) -> bytes:
+    """A successful ``SetPrivacySetting`` reply. Go builds it without holding the GIL; the
+    stand-in builds each one once, so its own Python does not weigh on what is measured."""
+    reply = npb.SetPrivacySettingReturnFunction()
+    reply.settings.ParseFromString(settings_to_neonize(Settings(dict(settings))))
+    return reply.SerializeToString()
 
 
 class StandInFFI:
@@ -85,16 +95,17 @@ class StandInFFI:
             if not account.cached:
                 self._round_trip(account)  # whatsmeow fetches the settings before the first set
             self._round_trip(account)
-            field_ = next(f for f in Field if f.spec.category == category)
+            field_ = by_category(category).field
             if field_ in account.failures:
                 reply.Error = account.failures[field_]
             elif value not in field_.spec.values:
                 reply.Error = "server returned error 400"
             else:
                 account.settings = account.settings.with_value(field_, value)
+        if not reply.Error:
+            return _set_reply(tuple(account.settings.items()))  # type: ignore[union-attr]
         # whatsmeow returns the zero-valued struct along with an error.
-        known = account.settings if account and not reply.Error else Settings()
-        reply.settings.ParseFromString(settings_to_neonize(known))
+        reply.settings.ParseFromString(settings_to_neonize(Settings()))
         return reply.SerializeToString()
 
     def get_privacy_settings(self, session_id: bytes) -> bytes:

@@ -40,6 +40,9 @@ def neonize_value(value: str) -> int:
 
 
 _VALUE_BY_NUMBER = {neonize_value(v): v for spec in FIELDS for v in spec.values}
+# Worked out once: every stanza's answer is read through them.
+_NAMES = tuple((spec, neonize_field(spec.field)) for spec in FIELDS)
+_NUMBERS = {v: neonize_value(v) for spec in FIELDS for v in spec.values}
 
 
 def settings_from_neonize(message: Any) -> Settings | None:
@@ -49,9 +52,8 @@ def settings_from_neonize(message: Any) -> Settings | None:
     reports as UNDEFINED everywhere: that means "unknown", never the account's settings.
     """
     values: dict[Field, str] = {}
-    for spec in FIELDS:
-        number = getattr(message, neonize_field(spec.field))
-        value = _VALUE_BY_NUMBER.get(number)
+    for spec, name in _NAMES:
+        value = _VALUE_BY_NUMBER.get(getattr(message, name))
         if value is None or value not in spec.values:
             return None
         values[spec.field] = value
@@ -61,9 +63,9 @@ def settings_from_neonize(message: Any) -> Settings | None:
 def settings_to_neonize(settings: Settings) -> bytes:
     """A serialized neonize ``PrivacySettings`` (fields not in ``settings`` UNDEFINED)."""
     message = npb.PrivacySettings()
-    for spec in FIELDS:
-        number = neonize_value(settings[spec.field]) if spec.field in settings else UNDEFINED
-        setattr(message, neonize_field(spec.field), number)
+    for spec, name in _NAMES:
+        value = settings.get(spec.field)
+        setattr(message, name, UNDEFINED if value is None else _NUMBERS[value])
     return message.SerializeToString()
 
 

@@ -4,7 +4,8 @@ Three kinds of work, each on the thread it needs:
 - a connection (``Link``) is neonize's blocking ``Neonize`` call on a daemon thread of its own
   for as long as it lasts; its callbacks arrive on Go's threads and are handed to the event loop;
 - a stanza (set, first fetch, pairing code) blocks for a round trip, so it runs on the gateway's
-  shared executor, sized for many instances at once (``stanza_threads``), never the default pool;
+  shared ``BlockingCalls`` threads, started as needed up to ``stanza_threads``, never the
+  default pool;
 - everything else (state, cache, listeners) lives on the event loop.
 
 The supervisor keeps the connection up: it dials at start, retries a failed dial or a lost
@@ -19,7 +20,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
-from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -37,6 +37,7 @@ from service.sessions.base import (
     SessionStatus,
     status_now,
 )
+from service.sessions.blocking import BlockingCalls
 from service.sessions.ffi import EVENT_CODES, LinkCallbacks, WhatsAppFFI
 from service.settings import Field, Settings
 
@@ -103,7 +104,7 @@ class Link:
         self._thread = threading.Thread(target=run, name=name, daemon=True)
         self._thread.start()
 
-    async def stop(self, executor: Executor) -> None:
+    async def stop(self, blocking: BlockingCalls) -> None:
         """Ends the connection and waits, at most ``STOP_TIMEOUT``, for ``Neonize`` to return.
 
         neonize's Stop itself blocks while a dial is stuck, so both the call and the return are
@@ -111,8 +112,7 @@ class Link:
         """
         if self.returned.done():
             return
-        loop = asyncio.get_running_loop()
-        stopping = loop.run_in_executor(executor, self._ffi.stop, self._session_id)
+        stopping = asyncio.ensure_future(blocking.run(self._ffi.stop, self._session_id))
         stopping.add_done_callback(_log_failure)
         done, _ = await asyncio.wait([self.returned], timeout=STOP_TIMEOUT)
         if not done:
@@ -149,7 +149,7 @@ class WhatsAppSession:
         *,
         store: str,
         proxy: str | None,
-        executor: Executor,
+        blocking: BlockingCalls,
         backoff: Backoff = Backoff(),
     ) -> None:
         self.name = name
@@ -157,7 +157,7 @@ class WhatsAppSession:
         self._ffi = ffi
         self._store = store
         self._proxy = proxy
-        self._executor = executor
+        self._blocking_calls = blocking
         self._backoff = backoff
         self._status = status_now(SessionState.CONNECTING)
         self._cache: Settings | None = None
@@ -214,7 +214,7 @@ class WhatsAppSession:
         self._closing = True
         self._wake.set()
         if self._link is not None:
-            await self._link.stop(self._executor)
+            await self._link.stop(self._blocking_calls)
         if self._supervisor is not None:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
@@ -305,13 +305,13 @@ class WhatsAppSession:
             if self._pairing is None:
                 # No one is pairing: the store holds no device, so stop showing codes.
                 self._set_state(SessionState.NOT_PAIRED)
-                self._spawn(link.stop(self._executor))
+                self._spawn(link.stop(self._blocking_calls))
             else:
                 self._tell_pairing("qr", data)
         elif kind == "login_status" and data == "timeout":
             self._set_state(SessionState.NOT_PAIRED, "pairing timed out")
             self._tell_pairing("timeout", data)
-            self._spawn(link.stop(self._executor))
+            self._spawn(link.stop(self._blocking_calls))
         elif kind == "PairStatus":
             self._on_pair_status(npb.PairStatus.FromString(data))
         elif kind == "Connected":
@@ -328,7 +328,7 @@ class WhatsAppSession:
             self._cache = None
             self._set_state(SessionState.LOGGED_OUT, "logged out from the phone")
             self._status = replace(self._status, jid="")
-            self._spawn(link.stop(self._executor))
+            self._spawn(link.stop(self._blocking_calls))
         elif kind == "PrivacySettings":
             self._spawn(self._refresh_after_phone_change(codec.changed_fields(data)))
 
@@ -354,7 +354,7 @@ class WhatsAppSession:
     # -- small helpers -----------------------------------------------------------------------
 
     async def _blocking(self, call: Callable[..., bytes], *args: Any) -> bytes:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call, *args)
+        return await self._blocking_calls.run(call, *args)
 
     def _remember(self, settings: Settings, source: ChangeSource) -> None:
         self._cache = settings

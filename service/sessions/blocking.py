@@ -1,0 +1,105 @@
+"""Threads for neonize's blocking calls, with answers handed back to the event loop in groups.
+
+Each WhatsApp stanza is a Go call that holds its thread for the whole round trip, so hundreds of
+instances updating at once need hundreds of threads. ``loop.run_in_executor`` would do, but per
+call it builds a ``concurrent.futures.Future`` (a Condition and an RLock), chains it to an asyncio
+future through two callbacks, and wakes the loop once per answer; with 500 instances that, not
+WhatsApp, is what a burst of updates waits for. Here a call is one put on a ``SimpleQueue``, an
+answer one append to a deque, and the loop is woken once for however many answers arrived
+meanwhile. Threads start as calls need them, up to ``max_threads``, and stay for the next ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_Call = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
+_Answer = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+
+class BlockingCalls:
+    """Runs blocking calls on threads of their own; ``run`` awaits one.
+
+    Must be used from one event loop. Calls beyond ``max_threads`` at once wait for a thread.
+    """
+
+    def __init__(self, max_threads: int, name: str = "stanza") -> None:
+        if max_threads < 1:
+            raise ValueError("max_threads must be at least 1")
+        self.max_threads = max_threads
+        self._name = name
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._answers: deque[_Answer] = deque()
+        self._threads: list[threading.Thread] = []
+        # Only the loop's thread changes this: calls handed out and not yet answered.
+        self._in_flight = 0
+        self._wakeup_pending = False
+        self._closed = False
+
+    @property
+    def threads(self) -> int:
+        """How many threads have been started."""
+        return len(self._threads)
+
+    async def run(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` on a thread; cancelling the wait does not stop the call."""
+        if self._closed:
+            raise RuntimeError("blocking calls are shut down")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._in_flight += 1
+        self._calls.put((future, call, args))
+        if self._in_flight > len(self._threads) and len(self._threads) < self.max_threads:
+            self._start_thread()
+        return await future
+
+    def shutdown(self) -> None:
+        """Lets every thread end once its current call returns (they are daemons: a call stuck
+        in Go does not hold up the process's exit)."""
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._threads:
+            self._calls.put(None)
+
+    def _start_thread(self) -> None:
+        name = f"{self._name}_{len(self._threads)}"
+        thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _work(self) -> None:
+        while (item := self._calls.get()) is not None:
+            future, call, args = item
+            try:
+                answer: _Answer = (future, call(*args), None)
+            except BaseException as exc:  # handed to the caller, whatever it is
+                answer = (future, None, exc)
+            self._answers.append(answer)
+            if not self._wakeup_pending:
+                self._wakeup_pending = True
+                try:
+                    future.get_loop().call_soon_threadsafe(self._deliver)
+                except RuntimeError:  # the loop is closed: nobody is waiting any more
+                    return
+
+    def _deliver(self) -> None:
+        # Cleared before draining: an answer appended after this point schedules a new delivery.
+        self._wakeup_pending = False
+        while self._answers:
+            future, result, error = self._answers.popleft()
+            self._in_flight -= 1
+            if future.done():  # its waiter went away; the call ran anyway
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
