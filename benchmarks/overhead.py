@@ -6,12 +6,14 @@ production); the bare server (``benchmarks.bare_server``) runs as a process of i
 with the messages the gateway itself sent for a seven-field update. A client process
 (``benchmarks.client``) drives each in a closed loop at each concurrency, caller ``i`` on
 instance ``bench-i``, every update changing all seven fields. Both servers' CPU time is read from
-/proc around each run.
+/proc around each run. The servers take turns in rounds, and each figure is the median of its
+rounds, so that drift in the machine's speed during a run weighs on both alike.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +37,13 @@ MAX_P50_RATIO = 1.5
 
 @dataclass(frozen=True)
 class Size:
-    duration: float = 5.0
-    warmup: float = 1.0
+    #: Seconds measured per server and case, split over ``rounds``.
+    duration: float = 6.0
+    warmup: float = 0.5
     concurrencies: tuple[int, ...] = (1, 16)
+    #: The two servers take turns (gateway, bare, then bare, gateway...), so that a machine
+    #: whose speed drifts during the run does not favour whichever went first.
+    rounds: int = 4
 
 
 def run(size: Size, workdir: Path) -> tuple[list[Row], dict[str, Any]]:
@@ -61,12 +67,29 @@ def run(size: Size, workdir: Path) -> tuple[list[Row], dict[str, Any]]:
         }
         bare_command = module_command("benchmarks.bare_server", str(capture_file))
         with server_process(bare_command) as bare:
+            servers = {"gateway": gateway, "bare": bare}
             for mode in ("stream", "get"):
                 for concurrency in size.concurrencies:
-                    for name, server in (("gateway", gateway), ("bare", bare)):
-                        key = f"{mode}-c{concurrency}-{name}"
-                        results[key] = _drive(server, mode, concurrency, size)
+                    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+                    for index in range(size.rounds):
+                        order = list(servers) if index % 2 == 0 else list(servers)[::-1]
+                        for name in order:
+                            report = _drive(servers[name], mode, concurrency, size)
+                            rounds[name].append(report)
+                    for name, reports in rounds.items():
+                        results[f"{mode}-c{concurrency}-{name}"] = _median_report(reports)
     return _rows(results, size), results
+
+
+def _median_report(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds, and the rounds themselves."""
+    figures = ("rate", "p50_ms", "p99_ms", "server_cpu_ms_per_call", "client_cpu_ms_per_call")
+    merged: dict[str, Any] = {
+        key: statistics.median(r[key] for r in reports) for key in figures if key in reports[0]
+    }
+    merged["calls"] = sum(r["calls"] for r in reports)
+    merged["rounds"] = reports
+    return merged
 
 
 def _drive(server: ServerProcess, mode: str, concurrency: int, size: Size) -> dict[str, Any]:
@@ -77,7 +100,7 @@ def _drive(server: ServerProcess, mode: str, concurrency: int, size: Size) -> di
         "instances": [f"bench-{i:02}" for i in range(concurrency)],
         "concurrency": concurrency,
         "warmup": size.warmup,
-        "duration": size.duration,
+        "duration": size.duration / size.rounds,
         "server_pid": server.pid,
     }
     return run_client(spec)

@@ -8,6 +8,7 @@ WhatsApp sessions disconnected.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Callable
@@ -41,6 +42,10 @@ async def serve_until_signalled(
         http_server = HttpServer(gateway, shutdown_timeout=grace)
         await http_server.start(http_address)
     await gateway.start()
+    # What is alive once started (modules, descriptors, the configuration, the instances) lives
+    # as long as the process: frozen, the collector stops walking it on every collection.
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

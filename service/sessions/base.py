@@ -148,7 +148,7 @@ class ChangeNotifier:
 
     def publish(self, settings: Settings, source: ChangeSource) -> None:
         previous, self._known = self._known, settings
-        if previous is None:
+        if previous is None or not self._listeners:
             return
         changed = frozenset(f for f in settings if previous.get(f) != settings[f])
         if changed:
