@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import sqlite3
 import threading
@@ -25,6 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from service.journal_commit import Queued, Rows, Settled, WriterThread, commit_group
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS operations (
@@ -63,8 +64,6 @@ CREATE TABLE IF NOT EXISTS outcomes (
 """
 
 T = TypeVar("T")
-Write = Callable[[sqlite3.Connection], Any]
-Settled = tuple["asyncio.Future[Any]", Any, BaseException | None]
 RUNNING = "RUNNING"
 INTERRUPTED = "INTERRUPTED"
 
@@ -102,16 +101,29 @@ class OperationRow:
     outcomes: tuple[OutcomeRow, ...] = field(default=())
 
 
+#: Commits less than this apart, twice running, mean the loop is busy (see ``Journal``).
+BUSY_GAP_SECONDS = 0.001
+
+
 class Journal:
     """The journal database.
 
     Writes are queued and committed in groups, one transaction for everything that arrived
     meanwhile; each returns a future of the calling event loop that resolves once its commit is
-    durable. Without ``fsync`` a commit is a write into the OS's cache (microseconds), so groups
-    are committed on the event loop itself, once per loop turn: no thread hop per write. With
-    ``fsync`` a commit waits for the disk, so groups are committed by a thread of their own.
-    Reads and checkpoints use a second connection on the caller's thread (WAL lets it read while
-    the writer writes), and checkpoints run there, never in a commit on the loop.
+    durable. Where a group is committed depends on the load:
+
+    - Without ``fsync`` a commit is a write into the OS's cache (microseconds). While commits are
+      occasional, a group is committed on the event loop itself at the end of the loop turn that
+      queued it: no thread hop, so a lone update waits least.
+    - Under sustained load (two commits in a row less than ``BUSY_GAP_SECONDS`` apart), groups
+      go to a writer thread. Every SQLite call lets go of the GIL, and with hundreds of stanza
+      threads waiting for it the loop would get it back late each time; on the writer thread,
+      groups also grow while the previous one commits.
+    - With ``fsync`` a commit waits for the disk, so every group goes to the writer thread.
+
+    Groups commit in order: once one is on the writer thread, later ones follow it there until
+    it has caught up. Reads and checkpoints use a second connection on the caller's thread (WAL
+    lets it read while the writer writes), so no commit ever stalls on a checkpoint.
     """
 
     def __init__(self, path: Path, *, fsync: bool = False) -> None:
@@ -130,9 +142,14 @@ class Journal:
         self._add_missing_columns()
         self._reads = _connect(path)
         self._reads_lock = threading.Lock()
-        self._queue: list[tuple[Write, asyncio.Future[Any]]] = []
+        self._fsync = fsync
+        self._queue: list[Queued] = []
         self._closed = False
-        self._writer = _WriterThread(self._commit, self._settle) if fsync else None
+        self._writer = WriterThread(self._commit, self._settle_from_writer)
+        #: Writes handed to the writer thread and not yet settled on the loop.
+        self._on_writer = 0
+        self._last_commit = 0.0
+        self._last_gap = float("inf")
         #: Called on the loop after each group's futures are resolved: one call per commit, so
         #: a reader of many writes' futures need not put a callback on each of them.
         self.on_commit: Callable[[], None] | None = None
@@ -148,11 +165,9 @@ class Journal:
         if self._closed:
             return
         self._closed = True
+        self._commit_queued()
         loop = asyncio.get_running_loop()
-        if self._writer is not None:
-            await loop.run_in_executor(None, self._writer.stop)
-        else:
-            self._commit_queued()
+        await loop.run_in_executor(None, self._writer.stop)
         await loop.run_in_executor(None, self._close_connections)
 
     def _close_connections(self) -> None:
@@ -167,14 +182,11 @@ class Journal:
             if not self._closed:
                 self._reads.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    def _submit(self, work: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def _submit(self, work: Rows | Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         """Queues ``work``; must be called from the event loop that awaits the result."""
         if self._closed:
             raise RuntimeError("the journal is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        if self._writer is not None:
-            self._writer.submit(work, future)
-            return future
         self._queue.append((work, future))
         if len(self._queue) == 1:
             future.get_loop().call_soon(self._commit_queued)
@@ -182,8 +194,29 @@ class Journal:
 
     def _commit_queued(self) -> None:
         batch, self._queue = self._queue, []
-        if batch:
-            self._settle(self._commit(batch))
+        if not batch:
+            return
+        now = time.monotonic()
+        busy = now - self._last_commit < BUSY_GAP_SECONDS and self._last_gap < BUSY_GAP_SECONDS
+        if self._fsync or self._on_writer or busy:
+            self._on_writer += len(batch)
+            self._writer.submit(batch)
+            return
+        results = self._commit(batch)
+        self._committed()
+        self._settle(results)
+
+    def _commit(self, batch: list[Queued]) -> list[Settled]:
+        return commit_group(self._db, batch)
+
+    def _settle_from_writer(self, results: list[Settled]) -> None:
+        self._on_writer -= len(results)
+        self._committed()
+        self._settle(results)
+
+    def _committed(self) -> None:
+        now = time.monotonic()
+        self._last_gap, self._last_commit = now - self._last_commit, now
 
     def _settle(self, results: list[Settled]) -> None:
         for future, result, error in results:
@@ -196,69 +229,22 @@ class Journal:
         if self.on_commit is not None:
             self.on_commit()
 
-    def _commit(self, batch: list[tuple[Write, asyncio.Future[Any]]]) -> list[Settled]:
-        """Commits ``batch`` in one transaction. Writes do not fail in normal operation, so they
-        run plainly; if one does (a full disk), the batch is redone with a savepoint per write,
-        so that one bad write cannot lose the others."""
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                results: list[Settled] = [(f, work(self._db), None) for work, f in batch]
-            except Exception:
-                self._rollback()
-                self._db.execute("BEGIN IMMEDIATE")
-                results = [(future, *self._one(work)) for work, future in batch]
-            self._db.execute("COMMIT")
-        except Exception as exc:  # the commit itself failed: nothing of the batch is on disk
-            self._rollback()
-            results = [(future, None, exc) for _, future in batch]
-        return results
-
-    def _rollback(self) -> None:
-        if self._db.in_transaction:
-            self._db.execute("ROLLBACK")
-
-    def _one(self, work: Write) -> tuple[Any, BaseException | None]:
-        """Runs one write in a savepoint of its own."""
-        self._db.execute("SAVEPOINT one")
-        try:
-            result = work(self._db)
-        except Exception as exc:
-            self._db.execute("ROLLBACK TO one")
-            self._db.execute("RELEASE one")
-            return None, exc
-        self._db.execute("RELEASE one")
-        return result, None
-
     # -- writes (each returns a future that resolves once the write is on disk) ---------------
 
     def begin(self, row: OperationRow) -> asyncio.Future[None]:
-        def write(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO operations (id, instance, requested_by, request_id, body_hash,"
-                " requested, policy, validate_only, force, state, started_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    row.id, row.instance, row.requested_by, row.request_id, row.body_hash,
-                    json.dumps(dict(row.requested)), row.policy, int(row.validate_only),
-                    int(row.force), row.state, row.started_at,
-                ),
-            )  # fmt: skip
-
-        return self._submit(write)
+        params = (
+            row.id, row.instance, row.requested_by, row.request_id, row.body_hash,
+            json.dumps(dict(row.requested)), row.policy, int(row.validate_only), int(row.force),
+            row.state, row.started_at,
+        )  # fmt: skip
+        return self._submit(Rows("begin", params))
 
     def record(self, operation_id: str, outcome: OutcomeRow) -> asyncio.Future[None]:
-        def write(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT OR REPLACE INTO outcomes (operation_id, position, field, state, value,"
-                " previous, elapsed, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    operation_id, outcome.position, outcome.field, outcome.state, outcome.value,
-                    outcome.previous, outcome.elapsed, outcome.error,
-                ),
-            )  # fmt: skip
-
-        return self._submit(write)
+        params = (
+            operation_id, outcome.position, outcome.field, outcome.state, outcome.value,
+            outcome.previous, outcome.elapsed, outcome.error,
+        )  # fmt: skip
+        return self._submit(Rows("record", params))
 
     def finish(
         self,
@@ -269,20 +255,11 @@ class Journal:
         error_metadata: Mapping[str, str] | None = None,
     ) -> asyncio.Future[None]:
         code, reason, message = error or (None, None, None)
-        ended = time.time()
-        metadata = json.dumps(dict(error_metadata)) if error_metadata else None
-
-        def write(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE operations SET state = ?, ended_at = ?, settings = ?, error_code = ?,"
-                " error_reason = ?, error_message = ?, error_metadata = ? WHERE id = ?",
-                (
-                    state, ended, json.dumps(dict(settings)) if settings else None,
-                    code, reason, message, metadata, operation_id,
-                ),
-            )  # fmt: skip
-
-        return self._submit(write)
+        params = (
+            state, time.time(), json.dumps(dict(settings)) if settings else None, code, reason,
+            message, json.dumps(dict(error_metadata)) if error_metadata else None, operation_id,
+        )  # fmt: skip
+        return self._submit(Rows("finish", params))
 
     def mark_interrupted(self) -> asyncio.Future[int]:
         """Operations a previous process left RUNNING (it died mid-update): INTERRUPTED."""
@@ -389,52 +366,6 @@ def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     db.row_factory = sqlite3.Row
     return db
-
-
-class _WriterThread:
-    """Commits queued writes in groups on a thread of its own (for commits that wait for the
-    disk), and wakes each group's waiters with one hop back to their loop."""
-
-    def __init__(
-        self,
-        commit: Callable[[list[tuple[Write, asyncio.Future[Any]]]], list[Settled]],
-        settle: Callable[[list[Settled]], None],
-    ) -> None:
-        self._commit = commit
-        self._settle = settle
-        self._queue: list[tuple[Write, asyncio.Future[Any]]] = []
-        self._wake = threading.Condition()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, work: Write, future: asyncio.Future[Any]) -> None:
-        with self._wake:
-            self._queue.append((work, future))
-            self._wake.notify()
-
-    def stop(self) -> None:
-        """Commits what is queued, then ends the thread."""
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._queue and not self._stopping:
-                    self._wake.wait()
-                batch, self._queue = self._queue, []
-                if not batch and self._stopping:
-                    return
-            settled: dict[asyncio.AbstractEventLoop, list[Settled]] = {}
-            for result in self._commit(batch):
-                settled.setdefault(result[0].get_loop(), []).append(result)
-            for loop, results in settled.items():
-                # A closed loop has nobody waiting any more.
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(self._settle, results)
 
 
 def encode_page_token(started_at: float, operation_id: str) -> str:
