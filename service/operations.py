@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import time
 import uuid
 from collections import deque
@@ -256,7 +257,7 @@ class Operations:
     def _launch(
         self, instance: Instance, request: UpdateRequest, deadline: float | None
     ) -> Operation:
-        operation = Operation(uuid.uuid4().hex, instance, request)
+        operation = Operation(_new_operation_id(), instance, request)
         if not request.options.validate_only:
             self._running[(instance.name, operation.id)] = operation
             if request.request_id is not None:
@@ -415,6 +416,25 @@ class _OperationJournal:
     def _track(self, write: asyncio.Future[None]) -> asyncio.Future[None]:
         self._pending.append(write)
         return write
+
+
+class _RandomIds:
+    """Random version-4 UUIDs from ``os.urandom``, read 256 at a time: a read is a system call,
+    which lets go of the GIL, and under load the loop then waits to get it back."""
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._next = 0
+
+    def __call__(self) -> str:
+        if self._next >= len(self._pool):
+            self._pool, self._next = os.urandom(16 * 256), 0
+        raw = self._pool[self._next : self._next + 16]
+        self._next += 16
+        return uuid.UUID(bytes=raw, version=4).hex
+
+
+_new_operation_id = _RandomIds()
 
 
 def _same_request(known: UpdateRequest, request: UpdateRequest) -> None:

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+#: How long answers may gather before the next delivery while they keep coming (see ``_deliver``).
+DELIVERY_WINDOW = 0.0005
 T = TypeVar("T")
 
 _Call = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
@@ -44,6 +46,7 @@ class BlockingCalls:
         self._in_flight = 0
         self._wakeup_pending = False
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def threads(self) -> int:
@@ -54,7 +57,9 @@ class BlockingCalls:
         """``call(*args)`` on a thread; cancelling the wait does not stop the call."""
         if self._closed:
             raise RuntimeError("blocking calls are shut down")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = self._loop.create_future()
         self._in_flight += 1
         self._calls.put((future, call, args))
         if self._in_flight > len(self._threads) and len(self._threads) < self.max_threads:
@@ -92,8 +97,21 @@ class BlockingCalls:
                     return
 
     def _deliver(self) -> None:
-        # Cleared before draining: an answer appended after this point schedules a new delivery.
-        self._wakeup_pending = False
+        """Hands the answers that arrived to their callers.
+
+        Under load, answers keep arriving: rather than let each wake the loop, the next delivery
+        is made ``DELIVERY_WINDOW`` later, with every answer that came meanwhile (workers do not
+        wake the loop while one is due). Each wake-up makes the loop give up the GIL and wait to
+        get it back from hundreds of threads; a WhatsApp round trip is tens of milliseconds, so
+        the window costs an answer about 1% of its wait at most.
+        """
+        if not self._answers:
+            # Quiet again: the next answer wakes the loop at once. Cleared before the check
+            # below, so an answer appended meanwhile is either seen there or schedules a wake-up.
+            self._wakeup_pending = False
+            if not self._answers:
+                return
+            self._wakeup_pending = True
         while self._answers:
             future, result, error = self._answers.popleft()
             self._in_flight -= 1
@@ -103,3 +121,5 @@ class BlockingCalls:
                 future.set_exception(error)
             else:
                 future.set_result(result)
+        assert self._loop is not None
+        self._loop.call_later(DELIVERY_WINDOW, self._deliver)
