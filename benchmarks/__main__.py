@@ -35,7 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(tmp)
         jobs: dict[str, Callable[[], tuple[list[Row], Any]]] = {
             "overhead": lambda: overhead.run(
-                overhead.Size(duration=0.3, warmup=0.1, rounds=1) if args.quick else overhead.Size(),
+                overhead.Size(duration=0.3, warmup=0.1, rounds=1)
+                if args.quick
+                else overhead.Size(),
                 workdir,
             ),
             "stanzas": lambda: stanzas.run(workdir),

@@ -148,7 +148,7 @@ class Journal:
         self._writer = WriterThread(self._commit, self._settle_from_writer)
         #: Writes handed to the writer thread and not yet settled on the loop.
         self._on_writer = 0
-        self._last_commit = 0.0
+        self._last_commit = float("-inf")
         self._last_gap = float("inf")
         #: Called on the loop after each group's futures are resolved: one call per commit, so
         #: a reader of many writes' futures need not put a callback on each of them.
