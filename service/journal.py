@@ -149,6 +149,7 @@ class Journal:
         #: Writes handed to the writer thread and not yet settled on the loop.
         self._on_writer = 0
         self._last_commit = float("-inf")
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._last_gap = float("inf")
         #: Called on the loop after each group's futures are resolved: one call per commit, so
         #: a reader of many writes' futures need not put a callback on each of them.
@@ -182,23 +183,37 @@ class Journal:
             if not self._closed:
                 self._reads.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
-    def _submit(self, work: Rows | Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """Queues ``work``; must be called from the event loop that awaits the result."""
+    def _submit(
+        self, work: Rows | Callable[[sqlite3.Connection], T], *, urgent: bool = False
+    ) -> asyncio.Future[T]:
+        """Queues ``work``; must be called from the event loop that awaits the result.
+
+        ``urgent``: the caller waits for this write before going on (a new operation: no stanza
+        goes out before it is on disk). While the journal is quiet it is committed at once, with
+        whatever is queued, rather than at the end of the loop turn.
+        """
         if self._closed:
             raise RuntimeError("the journal is closed")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = self._loop.create_future()
         self._queue.append((work, future))
-        if len(self._queue) == 1:
-            future.get_loop().call_soon(self._commit_queued)
+        if urgent and not self._fsync and not self._on_writer and not self._busy():
+            self._commit_queued()
+        elif len(self._queue) == 1:
+            self._loop.call_soon(self._commit_queued)
         return future
+
+    def _busy(self) -> bool:
+        """Two commits in a row less than ``BUSY_GAP_SECONDS`` apart: the load is sustained."""
+        gap = time.monotonic() - self._last_commit
+        return gap < BUSY_GAP_SECONDS and self._last_gap < BUSY_GAP_SECONDS
 
     def _commit_queued(self) -> None:
         batch, self._queue = self._queue, []
         if not batch:
             return
-        now = time.monotonic()
-        busy = now - self._last_commit < BUSY_GAP_SECONDS and self._last_gap < BUSY_GAP_SECONDS
-        if self._fsync or self._on_writer or busy:
+        if self._fsync or self._on_writer or self._busy():
             self._on_writer += len(batch)
             self._writer.submit(batch)
             return
@@ -237,7 +252,7 @@ class Journal:
             json.dumps(dict(row.requested)), row.policy, int(row.validate_only), int(row.force),
             row.state, row.started_at,
         )  # fmt: skip
-        return self._submit(Rows("begin", params))
+        return self._submit(Rows("begin", params), urgent=True)
 
     def record(self, operation_id: str, outcome: OutcomeRow) -> asyncio.Future[None]:
         params = (

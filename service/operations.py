@@ -97,6 +97,8 @@ class Operation:
         self._waiters: list[asyncio.Future[None]] = []
         self._end_waiters: list[asyncio.Future[None]] = []
         self._halt: Halt | None = None
+        #: The loop it runs and is followed on (looked up once: each lookup is a system call).
+        self.loop = asyncio.get_running_loop()
 
     def halt(self, reason: Halt) -> None:
         """No further stanza may start (the stanza in flight finishes)."""
@@ -160,7 +162,7 @@ class Operation:
         """The plan and the snapshot once the operation has ended; raises the error of a refused
         update. For a caller that wants only the end: one wake-up rather than one per event."""
         if not self.done:
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = self.loop.create_future()
             self._end_waiters.append(waiter)
             await waiter
         if self.error is not None:
@@ -182,7 +184,7 @@ class Operation:
                     raise self.error
                 return
             # A waiter of its own: a follower that is cancelled must not cancel the others.
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = self.loop.create_future()
             self._waiters.append(waiter)
             await waiter
 
@@ -262,7 +264,9 @@ class Operations:
             self._running[(instance.name, operation.id)] = operation
             if request.request_id is not None:
                 self._by_request[(instance.name, request.request_id)] = operation
-        task = asyncio.create_task(self._run(operation, deadline), name=f"update-{operation.id}")
+        task = operation.loop.create_task(
+            self._run(operation, deadline), name=f"update-{operation.id}"
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return operation
