@@ -156,3 +156,20 @@ async def test_a_closed_journal_takes_no_write(tmp_path: Path) -> None:
         assert await asyncio.to_thread(reopened.get, "sales", "op-1") is not None
     finally:
         await reopened.close()
+
+
+async def test_a_new_operation_is_on_disk_before_begin_returns_while_quiet(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine waits for an operation's row before its first stanza: when nothing else is
+    committing, that wait costs no loop turn."""
+    quiet = journal.begin(_operation("op-quiet"))
+    assert quiet.done()
+
+    monkeypatch.setattr(journal_module, "BUSY_GAP_SECONDS", 3600.0)
+    for _ in range(2):
+        await journal._submit(_committing_thread)
+    busy = journal.begin(_operation("op-busy"))
+    assert not busy.done(), "under load it joins the next group instead"
+    await asyncio.wait_for(busy, TIMEOUT)
+    assert await asyncio.to_thread(journal.get, "sales", "op-busy") is not None
