@@ -103,6 +103,10 @@ class OperationRow:
 
 #: Commits less than this apart, twice running, mean the loop is busy (see ``Journal``).
 BUSY_GAP_SECONDS = 0.001
+#: A commit on the loop slower than this means the GIL is contended; for the next
+#: ``SLOW_COMMIT_MEMORY_SECONDS``, groups go to the writer thread.
+SLOW_COMMIT_SECONDS = 0.0005
+SLOW_COMMIT_MEMORY_SECONDS = 1.0
 
 
 class Journal:
@@ -115,10 +119,11 @@ class Journal:
     - Without ``fsync`` a commit is a write into the OS's cache (microseconds). While commits are
       occasional, a group is committed on the event loop itself at the end of the loop turn that
       queued it: no thread hop, so a lone update waits least.
-    - Under sustained load (two commits in a row less than ``BUSY_GAP_SECONDS`` apart), groups
-      go to a writer thread. Every SQLite call lets go of the GIL, and with hundreds of stanza
-      threads waiting for it the loop would get it back late each time; on the writer thread,
-      groups also grow while the previous one commits.
+    - Under sustained load (two commits in a row less than ``BUSY_GAP_SECONDS`` apart), or once
+      two commits in a row on the loop took longer than ``SLOW_COMMIT_SECONDS``, groups go to a
+      writer thread. Every SQLite call lets go of the GIL, and with hundreds of stanza threads
+      waiting for it the loop gets it back late each time; on the writer thread, groups also
+      grow while the previous one commits.
     - With ``fsync`` a commit waits for the disk, so every group goes to the writer thread.
 
     Groups commit in order: once one is on the writer thread, later ones follow it there until
@@ -149,6 +154,8 @@ class Journal:
         #: Writes handed to the writer thread and not yet settled on the loop.
         self._on_writer = 0
         self._last_commit = float("-inf")
+        self._slow_until = float("-inf")
+        self._slow_streak = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_gap = float("inf")
         #: Called on the loop after each group's futures are resolved: one call per commit, so
@@ -205,9 +212,13 @@ class Journal:
         return future
 
     def _busy(self) -> bool:
-        """Two commits in a row less than ``BUSY_GAP_SECONDS`` apart: the load is sustained."""
-        gap = time.monotonic() - self._last_commit
-        return gap < BUSY_GAP_SECONDS and self._last_gap < BUSY_GAP_SECONDS
+        """Whether groups should go to the writer thread: two commits in a row less than
+        ``BUSY_GAP_SECONDS`` apart (sustained load), or a recent commit on the loop that took
+        longer than ``SLOW_COMMIT_SECONDS`` (the GIL is contended: each SQLite call waited)."""
+        now = time.monotonic()
+        if now < self._slow_until:
+            return True
+        return now - self._last_commit < BUSY_GAP_SECONDS and self._last_gap < BUSY_GAP_SECONDS
 
     def _commit_queued(self) -> None:
         batch, self._queue = self._queue, []
@@ -217,8 +228,13 @@ class Journal:
             self._on_writer += len(batch)
             self._writer.submit(batch)
             return
+        started = time.monotonic()
         results = self._commit(batch)
         self._committed()
+        slow = self._last_commit - started > SLOW_COMMIT_SECONDS
+        self._slow_streak = self._slow_streak + 1 if slow else 0
+        if self._slow_streak >= 2:  # twice running: not a one-off stall
+            self._slow_until = self._last_commit + SLOW_COMMIT_MEMORY_SECONDS
         self._settle(results)
 
     def _commit(self, batch: list[Queued]) -> list[Settled]:

@@ -173,3 +173,18 @@ async def test_a_new_operation_is_on_disk_before_begin_returns_while_quiet(
     assert not busy.done(), "under load it joins the next group instead"
     await asyncio.wait_for(busy, TIMEOUT)
     assert await asyncio.to_thread(journal.get, "sales", "op-busy") is not None
+
+
+async def test_slow_commits_on_the_loop_send_the_next_groups_to_the_writer(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit on the loop that is slow twice running means the GIL is contended: for a while,
+    groups go to the writer thread even when they are few."""
+    monkeypatch.setattr(journal_module, "SLOW_COMMIT_SECONDS", 0.0)
+    threads = []
+    for _ in range(4):
+        threads.append(await journal._submit(_committing_thread))
+        await asyncio.sleep(0.01)  # never sustained: only slowness can move them
+
+    loop_thread = threading.current_thread().name
+    assert threads == [loop_thread, loop_thread, "journal-writer", "journal-writer"]
