@@ -1,8 +1,9 @@
 """Where the gateway's time goes under a benchmark's load: py-spy on the gateway process.
 
 ``python -m benchmarks.profile overhead`` profiles the gateway while the client streams
-seven-field updates at concurrency 16 (part 1); ``python -m benchmarks.profile scaling`` profiles
-the WhatsApp-kind gateway while 500 instances update at once (part 3). Either starts the server
+seven-field updates at concurrency 16 (part 1; ``--callers 1`` for concurrency 1);
+``python -m benchmarks.profile scaling`` profiles the WhatsApp-kind gateway while 500 instances
+update at once (part 3). Either starts the server
 and the client as the benchmark does, waits until the client says it is measuring, then samples
 the gateway with ``py-spy record`` (not a dependency of the suite: ``pip install py-spy``) and
 prints which threads the samples fell in and the top frames of the busiest ones, with the CPU
@@ -158,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="sample only the thread holding the GIL (what the interpreter is busy with)",
     )
     parser.add_argument(
+        "--callers", type=int, default=16, help="overhead: concurrent callers (1 to 16)"
+    )
+    parser.add_argument(
         "--native",
         action="store_true",
         help="include C and Cython frames (grpc's core, protobuf's upb, SQLite)",
@@ -168,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(tmp)
         out = args.out or workdir / "profile.txt"
         if args.part == "overhead":
-            callers = 16
+            callers = max(1, min(args.callers, 16))
             instances = [{"name": f"bench-{i:02}", "latency_ms": 0} for i in range(callers)]
             config = write_config(workdir / "g.toml", workdir / "data", instances)
             spec = {
