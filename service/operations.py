@@ -11,182 +11,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import time
 import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from service import engine
 from service.engine import (
-    CALLER_CANCELLED,
-    DEADLINE_PASSED,
     FINAL_STATES,
     Event,
-    FailurePolicy,
     FieldEvent,
-    FieldState,
     Halt,
     Plan,
-    PlanStep,
     Snapshot,
-    UpdateFailed,
-    UpdateOptions,
 )
 from service.errors import Code, GatewayError
 from service.instances import Instance
-from service.journal import INTERRUPTED, RUNNING, Journal, OperationRow, OutcomeRow, as_json
-from service.settings import Field, Settings
+from service.journal import COMPLETED, FAILED, RUNNING, Journal, OperationRow, OutcomeRow
+from service.operation import Operation, UpdateRequest, replayed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: How often the journal's write-ahead log is copied into its database.
 CHECKPOINT_SECONDS = 1.0
-COMPLETED = "COMPLETED"
-FAILED = "FAILED"
 _END_STATES = {Code.CANCELLED: "CANCELLED", Code.DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED"}
-JOURNAL_FAILED = Halt(Code.INTERNAL, "the journal could not record the update")
-
-
-@dataclass(frozen=True)
-class UpdateRequest:
-    """One caller's update, validated."""
-
-    requested: Mapping[Field, str]
-    options: UpdateOptions
-    request_id: str | None
-    requested_by: str
-
-    def fingerprint(self) -> str:
-        """Identifies the request's content, to tell a retry from a different request."""
-        body = {
-            "requested": {f.value: v for f, v in self.requested.items()},
-            "policy": self.options.policy.value,
-            "force": self.options.force,
-            "validate_only": self.options.validate_only,
-        }
-        return hashlib.sha256(as_json(body).encode()).hexdigest()
-
-
-class Operation:
-    """A running or finished update: its events so far, followed by any number of callers.
-
-    An event that the journal must record is only shown to callers once its write is on disk, so
-    what a caller saw survives the gateway being killed. The engine does not wait for those writes
-    (they commit in groups while the next stanza is under way); events are released in order as
-    their writes land.
-    """
-
-    def __init__(self, operation_id: str, instance: Instance, request: UpdateRequest) -> None:
-        self.id = operation_id
-        self.instance = instance
-        self.request = request
-        #: The events callers may see, in order: each one journaled if it needed to be.
-        self.events: list[Event] = []
-        self.error: GatewayError | None = None
-        self.done = False
-        self._unreleased: deque[tuple[Event, asyncio.Future[None] | None]] = deque()
-        self._waiters: list[asyncio.Future[None]] = []
-        self._end_waiters: list[asyncio.Future[None]] = []
-        self._halt: Halt | None = None
-        #: The loop it runs and is followed on (looked up once: each lookup is a system call).
-        self.loop = asyncio.get_running_loop()
-
-    def halt(self, reason: Halt) -> None:
-        """No further stanza may start (the stanza in flight finishes)."""
-        if self._halt is None:
-            self._halt = reason
-
-    def halted(self) -> Halt | None:
-        return self._halt
-
-    def publish(self, event: Event, journaled: asyncio.Future[None] | None = None) -> bool:
-        """Shows ``event`` to callers once ``journaled`` (its journal write) has succeeded.
-
-        Returns whether events are left waiting for the journal; ``release`` must then be called
-        once it commits.
-        """
-        self._unreleased.append((event, journaled))
-        return self.release()
-
-    def end(self, error: GatewayError | None = None) -> None:
-        """No more events. ``error`` refuses the update, or reports it crashed: events whose
-        journal write did not succeed are then never shown."""
-        self.release()
-        if error is not None:
-            self.error = error
-            self._unreleased.clear()
-        self.done = True
-        self._wake()
-        for waiter in self._end_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._end_waiters.clear()
-
-    def release(self) -> bool:
-        """Shows the events whose writes are on disk; returns whether any are left waiting.
-
-        A write that failed halts the update: what follows could not be recorded.
-        """
-        released = False
-        while self._unreleased:
-            event, journaled = self._unreleased[0]
-            if journaled is not None:
-                if not journaled.done():
-                    break
-                if journaled.cancelled() or journaled.exception() is not None:
-                    self.halt(JOURNAL_FAILED)
-                    break
-            self._unreleased.popleft()
-            self.events.append(event)
-            released = True
-        if released:
-            self._wake()
-        return bool(self._unreleased)
-
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def outcome(self) -> tuple[Plan, Snapshot]:
-        """The plan and the snapshot once the operation has ended; raises the error of a refused
-        update. For a caller that wants only the end: one wake-up rather than one per event."""
-        if not self.done:
-            waiter = self.loop.create_future()
-            self._end_waiters.append(waiter)
-            await waiter
-        if self.error is not None:
-            raise self.error
-        plan, snapshot = self.events[0], self.events[-1]
-        assert isinstance(plan, Plan), "the engine plans first"
-        assert isinstance(snapshot, Snapshot), "the engine snapshots last"
-        return plan, snapshot
-
-    async def follow(self) -> AsyncIterator[Event]:
-        """Every event from the first, as they come; raises the error of a refused update."""
-        seen = 0
-        while True:
-            while seen < len(self.events):
-                seen += 1
-                yield self.events[seen - 1]
-            if self.done:
-                if self.error is not None:
-                    raise self.error
-                return
-            # A waiter of its own: a follower that is cancelled must not cancel the others.
-            waiter = self.loop.create_future()
-            self._waiters.append(waiter)
-            await waiter
 
 
 class Operations:
@@ -282,7 +136,7 @@ class Operations:
             return None
         if row.body_hash != request.fingerprint():
             raise _reused(request.request_id)
-        return await _replay(instance, row)
+        return replayed(instance, row)
 
     async def _run(self, operation: Operation, deadline: float | None) -> None:
         request = operation.request
@@ -489,50 +343,3 @@ def _ending(
         return COMPLETED, settings, None, None
     state = _END_STATES.get(error.code, FAILED)
     return state, settings, (error.code.value, error.reason, error.message), error.metadata
-
-
-async def _replay(instance: Instance, row: OperationRow) -> Operation:
-    """A finished operation, from the journal, as the events its caller saw."""
-    request = UpdateRequest(
-        {Field(k): v for k, v in row.requested.items()},
-        UpdateOptions(FailurePolicy[row.policy], row.force, row.validate_only),
-        row.request_id,
-        row.requested_by,
-    )
-    operation = Operation(row.id, instance, request)
-    outcomes = [
-        FieldEvent(Field(o.field), FieldState[o.state], o.value, o.previous, o.elapsed, o.error)
-        for o in row.outcomes
-    ]
-    firsts = [o for o in outcomes if o.state not in _RESTORES]
-    steps = tuple(PlanStep(o.field, o.previous, o.value, row.force) for o in firsts)
-    operation.publish(Plan(steps))
-    for outcome in outcomes:
-        operation.publish(outcome)
-    settings = Settings({Field(k): v for k, v in (row.settings or {}).items()})
-    snapshot = Snapshot(settings, tuple(outcomes))
-    if row.state != COMPLETED:
-        code = Code(row.error_code) if row.error_code else Code.UNAVAILABLE
-        if row.state == INTERRUPTED:
-            code = Code.UNAVAILABLE
-        failed = UpdateFailed(
-            code,
-            row.error_message or row.state,
-            row.error_reason or row.state,
-            dict(row.error_metadata or {}),
-        )
-        failed.snapshot = snapshot
-        snapshot = Snapshot(settings, snapshot.outcomes, failed)
-    operation.publish(snapshot)
-    operation.end()
-    return operation
-
-
-_RESTORES = {FieldState.RESTORED, FieldState.RESTORE_FAILED}
-
-
-def caller_left(operation: Operation, deadline: float | None) -> None:
-    """The caller who started ``operation`` went away: start no further stanza."""
-    if not operation.done:
-        passed = deadline is not None and time.monotonic() >= deadline
-        operation.halt(DEADLINE_PASSED if passed else CALLER_CANCELLED)

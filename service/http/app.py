@@ -27,7 +27,7 @@ from service.http.body import MAX_BODY_BYTES
 from service.http.openapi import openapi_document
 from service.http.responses import NDJSON
 from service.instances import Instance
-from service.operations import UpdateRequest
+from service.operation import UpdateRequest
 
 log = logging.getLogger(__name__)
 
