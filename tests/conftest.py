@@ -4,7 +4,8 @@
 - ``sales`` and ``support`` of account ``acme`` (``sales`` also has an instance token),
 - ``other`` of account ``globex``,
 and yields a ``Harness`` with stubs, tokens and the simulated sessions, so a test can act as a
-caller and then check what "WhatsApp" holds and how many stanzas were sent.
+caller and then check what "WhatsApp" holds and how many stanzas were sent. ``rest`` serves the
+REST surface on that same gateway (see ``tests/rest_client.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import subprocess
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 import pytest
@@ -30,6 +31,9 @@ from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_gr
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
 from service.sessions.simulated import SimulatedSession
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.rest_client import Rest
 
 
 def _popen_waited(command: str, mode: str = "r", buffering: int = -1) -> io.StringIO:
@@ -159,6 +163,15 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
 async def gateway(make_gateway: GatewayFactory) -> Harness:
     harness: Harness = await make_gateway()
     return harness
+
+
+@pytest.fixture
+async def rest(gateway: Harness) -> AsyncIterator[Rest]:
+    # Imported here: tests.rest_client imports this module for Harness and the tokens.
+    from tests.rest_client import serving
+
+    async with serving(gateway) as surface:
+        yield surface
 
 
 def visibility(**values: int) -> spb.PrivacySettings:

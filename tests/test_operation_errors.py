@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import grpc
 import pytest
 from grpc import aio
 
-from service.http.app import HttpServer
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
 from tests.conftest import ACME_TOKEN, Harness, visibility
+from tests.rest_client import Rest
 
-PATH = "/api/profile/privacy/sales"
 LAST_SEEN_NONE = visibility(last_seen=spb.VISIBILITY_VALUE_NONE)
+#: The same change as ``LAST_SEEN_NONE``, as a REST body.
+LAST_SEEN_NONE_BODY = {"visibility": {"lastSeen": "none"}}
 
 
 class Nothing:
@@ -103,36 +102,6 @@ async def test_a_negative_page_size_is_invalid(gateway: Harness) -> None:
 # -- REST ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def http(gateway: Harness) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
-    server = HttpServer(gateway.gateway)
-    await server.start("127.0.0.1:0")
-    try:
-        async with aiohttp.ClientSession() as client:
-            yield f"http://127.0.0.1:{server.port}", client
-    finally:
-        await server.stop()
-
-
-async def _post(
-    http: tuple[str, aiohttp.ClientSession],
-    query: str = "",
-    headers: dict[str, str] | None = None,
-    body: dict[str, Any] | None = None,
-) -> tuple[int, dict[str, Any]]:
-    base, client = http
-    sent = {"token": ACME_TOKEN, "Content-Type": "application/json", **(headers or {})}
-    payload = json.dumps(body or {"visibility": {"lastSeen": "none"}}).encode()
-    async with client.post(f"{base}{PATH}{query}", data=payload, headers=sent) as response:
-        return response.status, await response.json()
-
-
-async def _get(http: tuple[str, aiohttp.ClientSession], path: str) -> tuple[int, dict[str, Any]]:
-    base, client = http
-    async with client.get(f"{base}{path}", headers={"token": ACME_TOKEN}) as response:
-        return response.status, await response.json()
-
-
 def _envelope(message: str, reason: str) -> dict[str, Any]:
     return {"success": False, "error": {"message": message, "reason": reason}}
 
@@ -160,44 +129,40 @@ def _envelope(message: str, reason: str) -> dict[str, Any]:
 )
 async def test_rest_update_options_are_validated(
     gateway: Harness,
-    http: tuple[str, aiohttp.ClientSession],
+    rest: Rest,
     query: str,
     message: str,
     reason: str,
 ) -> None:
     async with Nothing(gateway):
-        status, body = await _post(http, query)
+        reply = await rest.post("sales", LAST_SEEN_NONE_BODY, tail=query)
 
-    assert (status, body) == (400, _envelope(message, reason))
+    assert (reply.status, reply.body) == (400, _envelope(message, reason))
 
 
-async def test_rest_idempotency_key_must_be_a_uuid(
-    gateway: Harness, http: tuple[str, aiohttp.ClientSession]
-) -> None:
+async def test_rest_idempotency_key_must_be_a_uuid(gateway: Harness, rest: Rest) -> None:
     async with Nothing(gateway):
-        status, body = await _post(http, headers={"Idempotency-Key": "abc"})
+        reply = await rest.post("sales", LAST_SEEN_NONE_BODY, headers={"Idempotency-Key": "abc"})
 
-    assert (status, body) == (
+    assert (reply.status, reply.body) == (
         400,
         _envelope("Idempotency-Key must be a UUID, not 'abc'", "INVALID_REQUEST_ID"),
     )
 
 
 async def test_rest_idempotency_key_reused_with_another_body_is_409(
-    gateway: Harness, http: tuple[str, aiohttp.ClientSession]
+    gateway: Harness, rest: Rest
 ) -> None:
     key = str(uuid.uuid4())
-    first, _ = await _post(http, headers={"Idempotency-Key": key})
-    assert first == 200
+    first = await rest.post("sales", LAST_SEEN_NONE_BODY, headers={"Idempotency-Key": key})
+    assert first.status == 200
 
     async with Nothing(gateway):
-        status, body = await _post(
-            http,
-            headers={"Idempotency-Key": key},
-            body={"privacy": {"readReceipts": "none"}},
+        reply = await rest.post(
+            "sales", {"privacy": {"readReceipts": "none"}}, headers={"Idempotency-Key": key}
         )
 
-    assert (status, body) == (
+    assert (reply.status, reply.body) == (
         409,
         _envelope(
             f"request_id {key} was already used for a different request", "REQUEST_ID_REUSED"
@@ -205,68 +170,61 @@ async def test_rest_idempotency_key_reused_with_another_body_is_409(
     )
 
 
-async def test_rest_retry_with_the_same_key_sends_nothing(
-    gateway: Harness, http: tuple[str, aiohttp.ClientSession]
-) -> None:
+async def test_rest_retry_with_the_same_key_sends_nothing(gateway: Harness, rest: Rest) -> None:
     key = str(uuid.uuid4())
-    _, first = await _post(http, headers={"Idempotency-Key": key})
+    first = await rest.post("sales", LAST_SEEN_NONE_BODY, headers={"Idempotency-Key": key})
     sent = list(gateway.session().sent)
 
-    status, again = await _post(http, headers={"Idempotency-Key": key})
+    again = await rest.post("sales", LAST_SEEN_NONE_BODY, headers={"Idempotency-Key": key})
 
-    assert status == 200
-    assert again["operationId"] == first["operationId"]
-    assert again["settings"] == first["settings"]
+    assert again.status == 200
+    assert again.body["operationId"] == first.body["operationId"]
+    assert again.body["settings"] == first.body["settings"]
     assert gateway.session().sent == sent
 
 
 @pytest.mark.parametrize("size", ["0", "101", "ten"])
-async def test_rest_page_size_is_validated(
-    gateway: Harness, http: tuple[str, aiohttp.ClientSession], size: str
-) -> None:
+async def test_rest_page_size_is_validated(gateway: Harness, rest: Rest, size: str) -> None:
     async with Nothing(gateway):
-        status, body = await _get(http, f"{PATH}/operations?pageSize={size}")
+        reply = await rest.get("sales", tail=f"/operations?pageSize={size}")
 
-    assert (status, body) == (
+    assert (reply.status, reply.body) == (
         400,
         _envelope(f"Invalid pageSize value: {size}. Valid values: 1 to 100", "INVALID_PAGE_SIZE"),
     )
 
 
-async def test_rest_unknown_operation_is_404(
-    gateway: Harness, http: tuple[str, aiohttp.ClientSession]
-) -> None:
+async def test_rest_unknown_operation_is_404(gateway: Harness, rest: Rest) -> None:
     async with Nothing(gateway):
-        status, body = await _get(http, f"{PATH}/operations/nope")
+        reply = await rest.get("sales", tail="/operations/nope")
 
-    assert (status, body) == (
+    assert (reply.status, reply.body) == (
         404,
         _envelope("Operation not found: nope", "OPERATION_NOT_FOUND"),
     )
 
 
-async def test_rest_invalid_page_token_is_400(
-    gateway: Harness, http: tuple[str, aiohttp.ClientSession]
-) -> None:
+async def test_rest_invalid_page_token_is_400(gateway: Harness, rest: Rest) -> None:
     async with Nothing(gateway):
-        status, body = await _get(http, f"{PATH}/operations?pageToken=%21%21")
+        reply = await rest.get("sales", tail="/operations?pageToken=%21%21")
 
-    assert (status, body) == (400, _envelope("Invalid page_token", "INVALID_PAGE_TOKEN"))
+    assert (reply.status, reply.body) == (
+        400,
+        _envelope("Invalid page_token", "INVALID_PAGE_TOKEN"),
+    )
 
 
-async def test_rest_operation_reads_back_what_the_update_did(
-    gateway: Harness, http: tuple[str, aiohttp.ClientSession]
-) -> None:
-    _, updated = await _post(http)
+async def test_rest_operation_reads_back_what_the_update_did(rest: Rest) -> None:
+    updated = (await rest.post("sales", LAST_SEEN_NONE_BODY)).body
 
-    status, body = await _get(http, f"{PATH}/operations/{updated['operationId']}")
-    listed_status, listed = await _get(http, f"{PATH}/operations?pageSize=1")
+    reply = await rest.get("sales", tail=f"/operations/{updated['operationId']}")
+    listed = await rest.get("sales", tail="/operations?pageSize=1")
 
-    assert status == 200
-    operation = body["operation"]
+    assert reply.status == 200
+    operation = reply.body["operation"]
     assert operation["state"] == "COMPLETED"
     assert operation["settings"] == updated["settings"]
     assert [f["state"] for f in operation["fields"]] == ["APPLIED"]
     assert ACME_TOKEN not in json.dumps(operation)
-    assert listed_status == 200
-    assert [o["id"] for o in listed["operations"]] == [updated["operationId"]]
+    assert listed.status == 200
+    assert [o["id"] for o in listed.body["operations"]] == [updated["operationId"]]

@@ -11,23 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import pytest
 
 from service.grpc.convert import settings_from_proto, settings_to_proto
-from service.http.app import HttpServer
 from service.sessions.simulated import SentStanza, SimulatedSession
 from service.settings import Field, Settings
-from tests.conftest import ACME_TOKEN, SALES_TOKEN, GatewayFactory, Harness
+from tests.conftest import SALES_TOKEN, GatewayFactory, Harness
+from tests.rest_client import Reply, Rest, serving
 from tests.seed import EXAMPLES, FULLY_RESTRICTIVE_RESPONSE, settings_from_body
 
-PATH = "/api/profile/privacy/{}"
 UPDATED = "Privacy settings updated successfully"
 
 #: A fresh simulated account's settings, spelled as the contract's responses spell them.
@@ -61,68 +55,6 @@ EVERY_FIELD_CHANGED: dict[str, dict[str, str]] = {
 }
 
 TABLE_ORDER = list(VALID_VALUES)
-
-
-@dataclass
-class Reply:
-    status: int
-    content_type: str
-    headers: dict[str, str]
-    body: Any
-
-
-@dataclass
-class Rest:
-    """The REST surface of ``harness.gateway``, called over loopback HTTP."""
-
-    harness: Harness
-    base: str
-    client: aiohttp.ClientSession
-
-    async def post(
-        self,
-        instance: str,
-        body: Any,
-        *,
-        token: str | None = ACME_TOKEN,
-        headers: dict[str, str] | None = None,
-    ) -> Reply:
-        sent = {"Content-Type": "application/json", **(headers or {})}
-        if token is not None:
-            sent["token"] = token
-        async with self.client.post(
-            self.base + PATH.format(instance), data=json.dumps(body).encode(), headers=sent
-        ) as response:
-            return await _reply(response)
-
-    async def get(self, instance: str, *, token: str | None = ACME_TOKEN) -> Reply:
-        headers = {"token": token} if token is not None else {}
-        async with self.client.get(self.base + PATH.format(instance), headers=headers) as response:
-            return await _reply(response)
-
-
-async def _reply(response: aiohttp.ClientResponse) -> Reply:
-    text = await response.text()
-    assert response.content_type == "application/json", (response.status, text)
-    return Reply(response.status, response.content_type, dict(response.headers), json.loads(text))
-
-
-@asynccontextmanager
-async def serving(harness: Harness) -> AsyncIterator[Rest]:
-    """The REST surface on ``harness.gateway`` (the gateway the gRPC harness calls)."""
-    http = HttpServer(harness.gateway)
-    await http.start("127.0.0.1:0")
-    try:
-        async with aiohttp.ClientSession() as client:
-            yield Rest(harness, f"http://127.0.0.1:{http.port}", client)
-    finally:
-        await http.stop()
-
-
-@pytest.fixture
-async def rest(gateway: Harness) -> AsyncIterator[Rest]:
-    async with serving(gateway) as surface:
-        yield surface
 
 
 def merged(base: dict[str, dict[str, str]], body: dict[str, Any]) -> dict[str, dict[str, str]]:

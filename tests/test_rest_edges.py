@@ -11,16 +11,12 @@ import json
 import time
 import warnings
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp.web_request import BaseRequest
 
 from service.grpc.convert import settings_to_proto
-from service.http.app import HttpServer
 from service.sessions.simulated import SimulatedSession
 from service.settings import Field, Settings
 from tests.conftest import (
@@ -30,83 +26,11 @@ from tests.conftest import (
     GatewayFactory,
     Harness,
 )
+from tests.rest_client import PATH, Reply, Rest, serving
 from tests.seed import EXAMPLES, FULLY_RESTRICTIVE_RESPONSE, settings_from_body
 
-PATH = "/api/profile/privacy/{}"
 LAST_SEEN_VALUES = "all, contacts, contact_blacklist, none"
 NDJSON = "application/x-ndjson"
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: Any
-
-
-@dataclass
-class Rest:
-    harness: Harness
-    base: str
-    client: aiohttp.ClientSession
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        data: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        skip_auto_headers: tuple[str, ...] = (),
-    ) -> Reply:
-        async with self.client.request(
-            method,
-            self.base + path,
-            data=data,
-            headers=headers or {},
-            skip_auto_headers=skip_auto_headers,
-        ) as response:
-            text = await response.text()
-            # Never HTML, never aiohttp's text/plain "500 Internal Server Error".
-            assert response.content_type == "application/json", (response.status, text)
-            return Reply(response.status, dict(response.headers), json.loads(text))
-
-    async def post_raw(
-        self,
-        data: bytes,
-        instance: str = "sales",
-        token: str | None = ACME_TOKEN,
-        content_type: str | None = "application/json",
-    ) -> Reply:
-        headers = {}
-        if token is not None:
-            headers["token"] = token
-        if content_type is not None:
-            headers["Content-Type"] = content_type
-        return await self.request("POST", PATH.format(instance), data=data, headers=headers)
-
-    async def post(
-        self, body: Any, instance: str = "sales", token: str | None = ACME_TOKEN
-    ) -> Reply:
-        return await self.post_raw(json.dumps(body).encode(), instance, token)
-
-
-@asynccontextmanager
-async def serving(harness: Harness) -> AsyncIterator[Rest]:
-    """The REST surface on ``harness.gateway`` (the gateway the gRPC harness calls)."""
-    http = HttpServer(harness.gateway)
-    await http.start("127.0.0.1:0")
-    try:
-        async with aiohttp.ClientSession() as client:
-            yield Rest(harness, f"http://127.0.0.1:{http.port}", client)
-    finally:
-        await http.stop()
-
-
-@pytest.fixture
-async def rest(gateway: Harness) -> AsyncIterator[Rest]:
-    async with serving(gateway) as surface:
-        yield surface
 
 
 class Unchanged:
@@ -148,7 +72,7 @@ async def test_a_request_emits_no_warning(rest: Rest, monkeypatch: pytest.Monkey
     monkeypatch.setattr(BaseRequest, "_seen_str_keys", set())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        reply = await rest.request("GET", PATH.format("sales"), headers={"token": ACME_TOKEN})
+        reply = await rest.get("sales")
 
     assert reply.status == 200
     assert [str(w.message) for w in caught] == []
@@ -169,7 +93,7 @@ async def test_a_request_emits_no_warning(rest: Rest, monkeypatch: pytest.Monkey
     ids=["truncated", "unquoted-key", "empty", "not-utf8", "trailing-garbage"],
 )
 async def test_malformed_json(rest: Rest, unchanged: Unchanged, raw: bytes) -> None:
-    reply = await rest.post_raw(raw)
+    reply = await rest.post_raw("sales", raw)
 
     message = assert_error(reply, 400)
     assert message.startswith("Malformed JSON:")
@@ -181,7 +105,7 @@ async def test_deeply_nested_json_is_malformed_not_a_crash(
     rest: Rest, unchanged: Unchanged, depth: int
 ) -> None:
     # Fits the size limit, but nests deeper than Python's recursion limit.
-    reply = await rest.post_raw(b"[" * depth + b"]" * depth)
+    reply = await rest.post_raw("sales", b"[" * depth + b"]" * depth)
 
     message = assert_error(reply, 400)
     assert message.startswith("Malformed JSON:")
@@ -194,7 +118,7 @@ async def test_huge_integer_is_an_invalid_value_not_a_crash(
     # 5000 digits: more than Python's default int conversion limit (4300), under 16 KiB.
     raw = b'{"visibility": {"lastSeen": ' + b"9" * 5000 + b"}}"
 
-    reply = await rest.post_raw(raw)
+    reply = await rest.post_raw("sales", raw)
 
     assert_error(reply, 400)
     unchanged.check()
@@ -215,7 +139,7 @@ async def test_huge_integer_is_an_invalid_value_not_a_crash(
 async def test_value_of_the_wrong_json_type(
     rest: Rest, unchanged: Unchanged, value: Any, shown: str
 ) -> None:
-    reply = await rest.post({"visibility": {"lastSeen": value, "status": "none"}})
+    reply = await rest.post("sales", {"visibility": {"lastSeen": value, "status": "none"}})
 
     assert_error(reply, 400, f"Invalid lastSeen value: {shown}. Valid values: {LAST_SEEN_VALUES}")
     unchanged.check()
@@ -236,7 +160,7 @@ async def test_subsection_that_is_not_an_object(
 ) -> None:
     body = {"permissions": {"groupAdd": "contacts"}, section: value}
 
-    reply = await rest.post(body)
+    reply = await rest.post("sales", body)
 
     assert_error(reply, 400, f"{section} must be an object")
     unchanged.check()
@@ -252,14 +176,14 @@ async def test_null_subsection_is_not_an_object(
     valid = {"permissions": {"groupAdd": "contacts"}, "privacy": {"readReceipts": "none"}}
     body = {section: None, other: valid[other]}
 
-    reply = await rest.post(body)
+    reply = await rest.post("sales", body)
 
     assert_error(reply, 400, f"{section} must be an object")
     unchanged.check()
 
 
 async def test_unknown_top_level_key(rest: Rest, unchanged: Unchanged) -> None:
-    reply = await rest.post({"privacy": {"readReceipts": "none"}, "settings": {}})
+    reply = await rest.post("sales", {"privacy": {"readReceipts": "none"}, "settings": {}})
 
     assert_error(
         reply, 400, "Unknown field: settings. Valid fields: visibility, privacy, permissions"
@@ -290,7 +214,7 @@ async def test_unknown_top_level_key(rest: Rest, unchanged: Unchanged) -> None:
 async def test_unknown_nested_key(
     rest: Rest, unchanged: Unchanged, body: dict[str, Any], message: str
 ) -> None:
-    reply = await rest.post(body)
+    reply = await rest.post("sales", body)
 
     assert_error(reply, 400, message)
     unchanged.check()
@@ -298,7 +222,7 @@ async def test_unknown_nested_key(
 
 @pytest.mark.parametrize("body", [[], "x", 5, None, [{"visibility": {"lastSeen": "none"}}]])
 async def test_body_that_is_not_an_object(rest: Rest, unchanged: Unchanged, body: Any) -> None:
-    reply = await rest.post(body)
+    reply = await rest.post("sales", body)
 
     assert_error(reply, 400, "Request body must be a JSON object")
     unchanged.check()
@@ -307,7 +231,7 @@ async def test_body_that_is_not_an_object(rest: Rest, unchanged: Unchanged, body
 async def test_body_over_the_size_limit(rest: Rest, unchanged: Unchanged) -> None:
     body = {"privacy": {"readReceipts": "none"}, "padding": "x" * 20 * 1024}
 
-    reply = await rest.post(body)
+    reply = await rest.post("sales", body)
 
     assert_error(reply, 413, "Request body exceeds 16384 bytes")
     unchanged.check()
@@ -320,13 +244,7 @@ async def test_chunked_body_over_the_size_limit(rest: Rest, unchanged: Unchanged
             yield b"x" * 1024
         yield b'"}'
 
-    async with rest.client.post(
-        rest.base + PATH.format("sales"),
-        data=chunks(),
-        headers={"token": ACME_TOKEN, "Content-Type": "application/json"},
-    ) as response:
-        assert response.content_type == "application/json"
-        reply = Reply(response.status, dict(response.headers), await response.json())
+    reply = await rest.post_raw("sales", chunks())
 
     assert_error(reply, 413, "Request body exceeds 16384 bytes")
     unchanged.check()
@@ -337,7 +255,7 @@ async def test_body_just_under_the_size_limit_is_read(rest: Rest) -> None:
     raw = raw[:-1] + b" " * (16 * 1024 - len(raw)) + b"}"
     assert len(raw) == 16 * 1024
 
-    reply = await rest.post_raw(raw)
+    reply = await rest.post_raw("sales", raw)
 
     assert reply.status == 200, reply.body
 
@@ -348,7 +266,7 @@ async def test_body_just_under_the_size_limit_is_read(rest: Rest) -> None:
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
 async def test_wrong_content_type(rest: Rest, unchanged: Unchanged, content_type: str) -> None:
     reply = await rest.post_raw(
-        json.dumps(EXAMPLES["only groupAdd"]).encode(), content_type=content_type
+        "sales", json.dumps(EXAMPLES["only groupAdd"]).encode(), content_type=content_type
     )
 
     assert_error(reply, 415, f"Content-Type must be application/json, not {content_type}")
@@ -356,12 +274,8 @@ async def test_wrong_content_type(rest: Rest, unchanged: Unchanged, content_type
 
 
 async def test_missing_content_type(rest: Rest, unchanged: Unchanged) -> None:
-    reply = await rest.request(
-        "POST",
-        PATH.format("sales"),
-        data=json.dumps(EXAMPLES["only groupAdd"]).encode(),
-        headers={"token": ACME_TOKEN},
-        skip_auto_headers=("Content-Type",),
+    reply = await rest.post_raw(
+        "sales", json.dumps(EXAMPLES["only groupAdd"]).encode(), content_type=None
     )
 
     # Not "not application/octet-stream": the caller sent no Content-Type at all.
@@ -371,6 +285,7 @@ async def test_missing_content_type(rest: Rest, unchanged: Unchanged) -> None:
 
 async def test_json_content_type_with_charset_is_accepted(rest: Rest) -> None:
     reply = await rest.post_raw(
+        "sales",
         json.dumps(EXAMPLES["only groupAdd"]).encode(),
         content_type="application/json; charset=utf-8",
     )
@@ -429,19 +344,19 @@ async def test_who_may_call(
 async def test_rate_limit(make_gateway: GatewayFactory) -> None:
     harness: Harness = await make_gateway(rate_limit_per_minute=2)
     async with serving(harness) as rest:
-        assert (await rest.post(EXAMPLES["only groupAdd"])).status == 200
-        assert (
-            await rest.request("GET", PATH.format("sales"), headers={"token": ACME_TOKEN})
-        ).status == 200
+        assert (await rest.post("sales", EXAMPLES["only groupAdd"])).status == 200
+        assert (await rest.get("sales")).status == 200
         unchanged = Unchanged(harness.session("sales"))
 
-        reply = await rest.post(EXAMPLES["fully restrictive"])
+        reply = await rest.post("sales", EXAMPLES["fully restrictive"])
 
         assert_error(reply, 429, "Rate limit exceeded: 2 requests per minute")
         assert 1 <= int(reply.headers["Retry-After"]) <= 60
         unchanged.check()
         # Per token: another token still gets through.
-        assert (await rest.post(EXAMPLES["only groupAdd"], token=SALES_TOKEN)).status == 200
+        assert (
+            await rest.post("sales", EXAMPLES["only groupAdd"], token=SALES_TOKEN)
+        ).status == 200
 
 
 async def test_rate_limit_is_shared_with_grpc(make_gateway: GatewayFactory) -> None:
@@ -450,7 +365,7 @@ async def test_rate_limit_is_shared_with_grpc(make_gateway: GatewayFactory) -> N
         await harness.get("sales")
         await harness.update(settings_to_proto(Settings({Field.GROUP_ADD: "contacts"})))
 
-        reply = await rest.post(EXAMPLES["only groupAdd"])
+        reply = await rest.post("sales", EXAMPLES["only groupAdd"])
 
         assert_error(reply, 429, "Rate limit exceeded: 2 requests per minute")
         assert 1 <= int(reply.headers["Retry-After"]) <= 60
@@ -613,12 +528,7 @@ async def test_ndjson_failure_ends_with_an_error_line(rest: Rest) -> None:
 async def test_ndjson_errors_before_the_plan_are_a_plain_envelope(
     rest: Rest, unchanged: Unchanged, body: Any, status: int, message: str
 ) -> None:
-    reply = await rest.request(
-        "POST",
-        PATH.format("sales"),
-        data=json.dumps(body).encode(),
-        headers={"token": ACME_TOKEN, "Content-Type": "application/json", "Accept": NDJSON},
-    )
+    reply = await rest.post("sales", body, headers={"Accept": NDJSON})
 
     assert_error(reply, status, message)
     unchanged.check()
@@ -629,12 +539,7 @@ async def test_ndjson_not_connected_is_a_plain_envelope(rest: Rest) -> None:
     session.disconnect()
     unchanged = Unchanged(session)
 
-    reply = await rest.request(
-        "POST",
-        PATH.format("sales"),
-        data=json.dumps(EXAMPLES["only groupAdd"]).encode(),
-        headers={"token": ACME_TOKEN, "Content-Type": "application/json", "Accept": NDJSON},
-    )
+    reply = await rest.post("sales", EXAMPLES["only groupAdd"], headers={"Accept": NDJSON})
 
     assert_error(reply, 400, "Instance is not connected to WhatsApp")
     unchanged.check()
