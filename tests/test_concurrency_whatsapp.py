@@ -24,7 +24,6 @@ import pytest
 from service.config import from_mapping
 from service.proto.wagateway.privacy.v1 import instance_service_pb2 as instance_pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
-from service.sessions.simulated import DEFAULT_SETTINGS
 from service.settings import Field
 from tests.test_whatsapp_session import (
     CONNECTED,
@@ -36,6 +35,7 @@ from tests.test_whatsapp_session import (
     WhatsAppSession,
     whatsapp_gateways,
 )
+from tests.updates import EVERY_FIELD_CHANGED
 
 INSTANCES = 200
 LATENCY = 0.05
@@ -43,19 +43,6 @@ LATENCY = 0.05
 SERIAL_ONE_FIELD = INSTANCES * LATENCY
 
 NAMES = [f"wa-{index:03}" for index in range(INSTANCES)]
-
-#: A value differing from a fresh account's for every field, so each of the seven costs a stanza.
-EVERY_FIELD_CHANGED = {
-    Field.LAST_SEEN: "contacts",
-    Field.STATUS: "none",
-    Field.PROFILE: "contacts",
-    Field.ONLINE: "match_last_seen",
-    Field.READ_RECEIPTS: "none",
-    Field.CALL_ADD: "known",
-    Field.GROUP_ADD: "contacts",
-}
-assert all(DEFAULT_SETTINGS[f] != v for f, v in EVERY_FIELD_CHANGED.items())
-assert set(EVERY_FIELD_CHANGED) == set(Field)
 
 
 @pytest.fixture

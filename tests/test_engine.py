@@ -28,20 +28,10 @@ from service.sessions.simulated import (
     SimulatedSession,
 )
 from service.settings import Field, Settings
+from tests.updates import FIVE_CHANGES
 
 REFUSAL = "privacy value not allowed for this account"
 FETCH = SentStanza(None, None)
-
-#: Five fields, each changed from a fresh account's value.
-FIVE_CHANGES = Settings(
-    {
-        Field.LAST_SEEN: "none",
-        Field.STATUS: "none",
-        Field.PROFILE: "none",
-        Field.ONLINE: "match_last_seen",
-        Field.READ_RECEIPTS: "none",
-    }
-)
 
 
 def _instance(session: SimulatedSession) -> Instance:

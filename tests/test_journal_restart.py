@@ -33,23 +33,13 @@ from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from service.sessions.simulated import DEFAULT_SETTINGS
 from service.settings import Field, Settings
+from tests.updates import FIVE_CHANGES
 
 CLI = (sys.executable, "-m", "service.cli.main")
 LISTENING = re.compile(r"^privacy-gateway: gRPC listening on (127\.0\.0\.1:\d+)$")
 TOKEN = "journal-restart-token"
 #: Seconds any single process step or call may take before the test gives up.
 TIMEOUT = 20.0
-
-#: Five fields, each changed from a fresh account's value.
-FIVE_CHANGES = Settings(
-    {
-        Field.LAST_SEEN: "none",
-        Field.STATUS: "none",
-        Field.PROFILE: "none",
-        Field.ONLINE: "match_last_seen",
-        Field.READ_RECEIPTS: "none",
-    }
-)
 
 
 def _config(data_dir: Path, latency_ms: int) -> str:

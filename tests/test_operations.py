@@ -70,6 +70,7 @@ from tests.conftest import (
     GatewayFactory,
     Harness,
 )
+from tests.updates import EVERY_FIELD_CHANGED, FIVE_CHANGES
 
 REFUSAL = "privacy value not allowed for this account"
 RESTORE_REFUSAL = "restore refused by the server"
@@ -82,15 +83,6 @@ StreamCall = aio.UnaryStreamCall[
 ]
 
 
-def _other_value(field: Field) -> str:
-    """A value of the field that differs from a fresh account's."""
-    return next(v for v in field.spec.values if v != DEFAULT_SETTINGS[field])
-
-
-#: A request that changes every one of the seven fields.
-EVERY_FIELD_CHANGED = Settings({f: _other_value(f) for f in Field})
-#: The first five fields, each changed.
-FIVE_CHANGES = Settings({f: EVERY_FIELD_CHANGED[f] for f in list(Field)[:5]})
 #: Three fields, each changed.
 THREE_CHANGES = Settings({f: EVERY_FIELD_CHANGED[f] for f in list(Field)[:3]})
 

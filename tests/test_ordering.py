@@ -26,21 +26,11 @@ from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.sessions.simulated import DEFAULT_SETTINGS, SentStanza
 from service.settings import Field, Settings
 from tests.conftest import GatewayFactory, Harness
+from tests.updates import FIVE_CHANGES
 
 StreamCall = aio.UnaryStreamCall[
     pb.StreamUpdatePrivacySettingsRequest, pb.StreamUpdatePrivacySettingsResponse
 ]
-
-#: Five fields, each changed from a fresh account's value.
-FIVE_CHANGES = Settings(
-    {
-        Field.LAST_SEEN: "none",
-        Field.STATUS: "none",
-        Field.PROFILE: "none",
-        Field.ONLINE: "match_last_seen",
-        Field.READ_RECEIPTS: "none",
-    }
-)
 
 
 def _instances(*names: str, latency_ms: int) -> list[dict[str, Any]]:

@@ -30,23 +30,15 @@ from service.grpc.convert import (
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
 from service.sessions.simulated import DEFAULT_SETTINGS, NOT_CONNECTED_REASON
-from service.settings import FIELDS, Field, FieldSpec, Settings
+from service.settings import FIELDS, Field, Settings
 from tests.conftest import Harness
+from tests.updates import EVERY_FIELD_CHANGED
 
 REFUSAL = "privacy value not allowed for this account"
 
 StreamCall = aio.UnaryStreamCall[
     pb.StreamUpdatePrivacySettingsRequest, pb.StreamUpdatePrivacySettingsResponse
 ]
-
-
-def _other_value(spec: FieldSpec) -> str:
-    """A value of the field that differs from a fresh account's."""
-    return next(v for v in spec.values if v != DEFAULT_SETTINGS[spec.field])
-
-
-#: A request that changes every one of the seven fields.
-EVERY_FIELD_CHANGED = Settings({spec.field: _other_value(spec) for spec in FIELDS})
 
 
 def _field_number(field: Field) -> int:
