@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from service.http.app import HttpServer
+from service.sessions.simulated import SimulatedSession
 from tests.conftest import ACME_TOKEN, Harness
 
 PATH = "/api/profile/privacy/{}"
@@ -101,6 +102,19 @@ class Rest:
             text = await response.text()
             assert response.content_type == "application/json", (response.status, text)
             return Reply(response.status, dict(response.headers), json.loads(text))
+
+
+class Unchanged:
+    """Records a session's state; ``check()`` asserts that nothing reached WhatsApp since."""
+
+    def __init__(self, session: SimulatedSession) -> None:
+        self.session = session
+        self.settings = session.server_settings
+        self.sent = list(session.sent)
+
+    def check(self) -> None:
+        assert self.session.server_settings == self.settings
+        assert self.session.sent == self.sent
 
 
 @asynccontextmanager

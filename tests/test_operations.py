@@ -24,8 +24,7 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import status_pb2
 from grpc import aio
 from grpc_status import rpc_status
 from hypothesis import given
@@ -70,6 +69,7 @@ from tests.conftest import (
     GatewayFactory,
     Harness,
 )
+from tests.rich_status import error_info, update_response
 from tests.updates import EVERY_FIELD_CHANGED, FIVE_CHANGES
 
 REFUSAL = "privacy value not allowed for this account"
@@ -245,28 +245,6 @@ def _finals(updates: Sequence[pb.FieldUpdate]) -> list[pb.FieldUpdate]:
 
 def _transitions(updates: Sequence[pb.FieldUpdate]) -> list[tuple[Field, FieldState]]:
     return [(field_from_proto(u.field), state_from_proto(u.state)) for u in updates]
-
-
-def _details(status: status_pb2.Status, kind: type[Message]) -> list[Any]:
-    found = []
-    for packed in status.details:
-        if packed.Is(kind.DESCRIPTOR):
-            message = kind()
-            packed.Unpack(message)
-            found.append(message)
-    return found
-
-
-def _error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo:
-    (info,) = _details(status, error_details_pb2.ErrorInfo)
-    assert isinstance(info, error_details_pb2.ErrorInfo)
-    return info
-
-
-def _response_detail(status: status_pb2.Status) -> pb.UpdatePrivacySettingsResponse:
-    (response,) = _details(status, pb.UpdatePrivacySettingsResponse)
-    assert isinstance(response, pb.UpdatePrivacySettingsResponse)
-    return response
 
 
 def _sets(session: SimulatedSession) -> list[SentStanza]:
@@ -550,10 +528,10 @@ async def test_failure_policy_stream_journal_and_whatsapp_agree(
     assert error.details().startswith(base)
     status = await rpc_status.aio.from_call(call)
     assert status is not None
-    info = _error_info(status)
+    info = error_info(status)
     assert info.reason == "STANZA_FAILED"
     assert info.metadata["operation_id"] == plan.operation_id
-    detail = _response_detail(status)
+    detail = update_response(status)
     assert list(detail.fields) == _finals(updates)
     assert settings_from_proto(detail.settings) == expected
 
@@ -1096,9 +1074,9 @@ async def test_retry_of_a_failed_operation_returns_the_same_error(gateway: Harne
     assert first.code() == grpc.StatusCode.INTERNAL
     assert retry.code() == first.code()
     assert retry.details() == first.details()
-    assert _error_info(retry_status).reason == _error_info(first_status).reason
-    first_detail = _response_detail(first_status)
-    assert _response_detail(retry_status) == first_detail
+    assert error_info(retry_status).reason == error_info(first_status).reason
+    first_detail = update_response(first_status)
+    assert update_response(retry_status) == first_detail
     assert stream_error is not None
     assert stream_error.code() == first.code()
     assert stream_error.details() == first.details()
@@ -1116,7 +1094,7 @@ async def test_retry_of_a_failed_operation_returns_the_same_error_info(gateway: 
 
     _, retry_status = await _failed_update(gateway, request_id)
 
-    assert dict(_error_info(retry_status).metadata) == dict(_error_info(first_status).metadata)
+    assert dict(error_info(retry_status).metadata) == dict(error_info(first_status).metadata)
 
 
 # -- validate_only and force -------------------------------------------------------------------

@@ -19,7 +19,7 @@ from service.grpc.convert import settings_from_proto, settings_to_proto
 from service.sessions.simulated import SentStanza, SimulatedSession
 from service.settings import Field, Settings
 from tests.conftest import SALES_TOKEN, GatewayFactory, Harness
-from tests.rest_client import Reply, Rest, serving
+from tests.rest_client import Reply, Rest, Unchanged, serving
 from tests.seed import EXAMPLES, FULLY_RESTRICTIVE_RESPONSE, settings_from_body
 
 UPDATED = "Privacy settings updated successfully"
@@ -75,19 +75,6 @@ def assert_error(reply: Reply, status: int, message: str) -> None:
     assert reply.body["success"] is False
     assert reply.body["error"]["message"] == message
     assert set(reply.body) == {"success", "error"}, reply.body
-
-
-class Unchanged:
-    """Records a session's state; ``check()`` asserts that nothing reached WhatsApp since."""
-
-    def __init__(self, session: SimulatedSession) -> None:
-        self.session = session
-        self.settings = session.server_settings
-        self.sent = list(session.sent)
-
-    def check(self) -> None:
-        assert self.session.server_settings == self.settings
-        assert self.session.sent == self.sent
 
 
 # -- the examples ----------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import pytest
 from aiohttp.web_request import BaseRequest
 
 from service.grpc.convert import settings_to_proto
-from service.sessions.simulated import SimulatedSession
 from service.settings import Field, Settings
 from tests.conftest import (
     ACME_TOKEN,
@@ -26,24 +25,11 @@ from tests.conftest import (
     GatewayFactory,
     Harness,
 )
-from tests.rest_client import PATH, Reply, Rest, serving
+from tests.rest_client import PATH, Reply, Rest, Unchanged, serving
 from tests.seed import EXAMPLES, FULLY_RESTRICTIVE_RESPONSE, settings_from_body
 
 LAST_SEEN_VALUES = "all, contacts, contact_blacklist, none"
 NDJSON = "application/x-ndjson"
-
-
-class Unchanged:
-    """Records a session's state; ``check()`` asserts that nothing reached WhatsApp since."""
-
-    def __init__(self, session: SimulatedSession) -> None:
-        self.session = session
-        self.settings = session.server_settings
-        self.sent = list(session.sent)
-
-    def check(self) -> None:
-        assert self.session.server_settings == self.settings
-        assert self.session.sent == self.sent
 
 
 def assert_error(reply: Reply, status: int, message: str | None = None) -> str:

@@ -13,13 +13,10 @@ from collections.abc import Iterable, Sequence
 
 import grpc
 import pytest
-from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 from grpc_status import rpc_status
 
 from service.engine import FieldState
-from service.errors import ERROR_DOMAIN
 from service.grpc.convert import (
     field_from_proto,
     settings_from_proto,
@@ -32,6 +29,7 @@ from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
 from service.sessions.simulated import DEFAULT_SETTINGS, NOT_CONNECTED_REASON
 from service.settings import FIELDS, Field, Settings
 from tests.conftest import Harness
+from tests.rich_status import error_info, update_response
 from tests.updates import EVERY_FIELD_CHANGED
 
 REFUSAL = "privacy value not allowed for this account"
@@ -48,33 +46,6 @@ def _field_number(field: Field) -> int:
 def _defaults_plus(applied: Iterable[Field]) -> Settings:
     """A fresh account's settings with exactly ``applied`` changed to the requested values."""
     return Settings({**DEFAULT_SETTINGS, **{f: EVERY_FIELD_CHANGED[f] for f in applied}})
-
-
-def _details(status: status_pb2.Status, kind: type[Message]) -> list[Message]:
-    found = []
-    for packed in status.details:
-        if packed.Is(kind.DESCRIPTOR):
-            message = kind()
-            packed.Unpack(message)
-            found.append(message)
-    return found
-
-
-def _error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo:
-    infos = _details(status, error_details_pb2.ErrorInfo)
-    assert len(infos) == 1
-    info = infos[0]
-    assert isinstance(info, error_details_pb2.ErrorInfo)
-    assert info.domain == ERROR_DOMAIN
-    return info
-
-
-def _update_response(status: status_pb2.Status) -> pb.UpdatePrivacySettingsResponse:
-    responses = _details(status, pb.UpdatePrivacySettingsResponse)
-    assert len(responses) == 1
-    response = responses[0]
-    assert isinstance(response, pb.UpdatePrivacySettingsResponse)
-    return response
 
 
 async def _read_until_error(
@@ -180,10 +151,10 @@ async def _check_stream(
     assert error.details() == f"failed to update {failing.spec.rest_name} privacy: {reason}"
     status = await rpc_status.aio.from_call(call)
     assert status is not None
-    info = _error_info(status)
+    info = error_info(status)
     assert info.reason == error_reason
     assert info.metadata["applied"] == ",".join(f.value for f in applied)
-    response = _update_response(status)
+    response = update_response(status)
     assert _transitions(response.fields) == _expected_outcomes(failing)
     applied_in_details = [
         field_from_proto(u.field) for u in response.fields if u.state == pb.FIELD_STATE_APPLIED
@@ -215,10 +186,10 @@ async def test_unary_error_details_say_what_was_applied(gateway: Harness, failin
     assert error.details() == f"failed to update {failing.spec.rest_name} privacy: {REFUSAL}"
     status = rpc_status.from_call(error)
     assert status is not None
-    info = _error_info(status)
+    info = error_info(status)
     assert info.reason == "STANZA_FAILED"
     assert info.metadata["applied"] == ",".join(f.value for f in applied)
-    response = _update_response(status)
+    response = update_response(status)
     assert _transitions(response.fields) == _expected_outcomes(failing)
     for update in response.fields:
         _check_field_update(update, failing, REFUSAL)
@@ -257,8 +228,8 @@ async def test_unary_reports_a_dropped_connection(gateway: Harness) -> None:
     )
     status = rpc_status.from_call(error)
     assert status is not None
-    assert _error_info(status).reason == "CONNECTION_LOST"
-    response = _update_response(status)
+    assert error_info(status).reason == "CONNECTION_LOST"
+    response = update_response(status)
     assert _transitions(response.fields) == _expected_outcomes(failing.field)
     assert settings_from_proto(response.settings) == session.server_settings
     assert session.server_settings == _defaults_plus([FIELDS[0].field, FIELDS[1].field])
