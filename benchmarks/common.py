@@ -23,27 +23,15 @@ from typing import Any
 from service.auth import hash_token
 from service.sessions.simulated import DEFAULT_SETTINGS
 from service.settings import Field
+from tests.updates import EVERY_FIELD_CHANGED
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "benchmark-account-token"
 ACCOUNT = "bench"
 LOOPBACK = "127.0.0.1"
-#: A value differing from a fresh account's for every field: alternating between this and the
-#: defaults changes all seven fields on every update.
-EVERY_FIELD_CHANGED: dict[Field, str] = {
-    Field.LAST_SEEN: "contacts",
-    Field.STATUS: "none",
-    Field.PROFILE: "contacts",
-    Field.ONLINE: "match_last_seen",
-    Field.READ_RECEIPTS: "none",
-    Field.CALL_ADD: "known",
-    Field.GROUP_ADD: "contacts",
-}
-assert set(EVERY_FIELD_CHANGED) == set(Field)
-assert all(DEFAULT_SETTINGS[f] != v for f, v in EVERY_FIELD_CHANGED.items())
 #: The two complete settings an update alternates between.
 ALTERNATING: tuple[dict[Field, str], dict[Field, str]] = (
-    dict(EVERY_FIELD_CHANGED),
+    dict(EVERY_FIELD_CHANGED),  # every field differs from a fresh account's
     dict(DEFAULT_SETTINGS),
 )
 

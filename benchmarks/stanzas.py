@@ -15,7 +15,6 @@ request in which one field changes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,38 +30,10 @@ from service.grpc.server import start_server
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from service.sessions.simulated import SimulatedSession
-from service.settings import FIELDS, Field, Settings
+from service.settings import Field, Settings
+from tests.seed import EXAMPLES, settings_from_body
 
 SECTION = "2 stanzas"
-
-#: The request bodies of the seed's four curl examples (the same as ``tests/seed.py``, which the
-#: smoke test checks).
-EXAMPLES: dict[str, dict[str, Any]] = {
-    "fully restrictive": {
-        "visibility": {
-            "lastSeen": "none",
-            "status": "contacts",
-            "profile": "contacts",
-            "online": "match_last_seen",
-        },
-        "privacy": {"readReceipts": "none"},
-        "permissions": {"callAdd": "known", "groupAdd": "contacts"},
-    },
-    "only groupAdd": {"permissions": {"groupAdd": "contacts"}},
-    "disable read receipts": {"privacy": {"readReceipts": "none"}},
-    "only lastSeen and online": {"visibility": {"lastSeen": "none", "online": "match_last_seen"}},
-}
-
-
-def settings_from_body(body: Mapping[str, Any]) -> Settings:
-    """The fields a REST body sets, by the contract's names."""
-    return Settings(
-        {
-            spec.field: body[spec.section][spec.rest_name]
-            for spec in FIELDS
-            if spec.rest_name in body.get(spec.section, {})
-        }
-    )
 
 
 @dataclass(frozen=True)

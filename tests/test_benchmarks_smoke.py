@@ -70,10 +70,6 @@ def test_each_update_costs_exactly_the_fields_that_change(tmp_path: Path) -> Non
     assert [r.met for r in rows] == ["yes"] * len(rows)
 
 
-def test_the_benchmark_replays_the_seeds_own_examples() -> None:
-    assert stanzas.EXAMPLES == EXAMPLES
-
-
 def test_markdown_table_carries_the_machine_and_the_command() -> None:
     rows = [Row("2 stanzas", "identical repeat (7 sent, 0 change)", "0", "8 (seed)", "0.00")]
 
