@@ -141,7 +141,9 @@ def validate(requested: Mapping[Field, str]) -> Settings:
     """The request as ``Settings``; raises the REST contract's errors for an empty one."""
     if not requested:
         raise errors.no_settings()
-    return Settings(requested)
+    # The transports validate a request before it becomes an operation; the engine, which
+    # validates again for its other callers, need not copy it twice.
+    return requested if isinstance(requested, Settings) else Settings(requested)
 
 
 async def read_settings(instance: Instance) -> Settings:
