@@ -7,21 +7,15 @@ by ``subprocess.run``'s timeout), and every wait has a timeout.
 from __future__ import annotations
 
 import hashlib
-import os
-import queue
 import re
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import grpc
 import pytest
@@ -31,13 +25,9 @@ from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
 from service.settings import Field
+from tests.processes import CLI, TIMEOUT, GatewayProcess, started_gateways, stripped_env
 
-#: The CLI as the venv running the tests has it (the console script runs this same ``main``).
-CLI = (sys.executable, "-m", "service.cli.main")
-LISTENING = re.compile(r"^privacy-gateway: gRPC listening on (127\.0\.0\.1:(\d+))$")
 DEMO_TOKEN = "demo-test-token"
-#: Seconds any single process step may take before the test gives up.
-TIMEOUT = 20.0
 
 #: ``get``'s table for a fresh simulated account (WhatsApp's defaults).
 DEFAULT_TABLE = [
@@ -57,7 +47,7 @@ def cli_env(**variables: str) -> dict[str, str]:
     The REST surface listens on a free port, so that no test depends on 8080 being free, and the
     gateway keeps its data (the journal) in a fresh directory, not in the checkout.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRIVACY_GATEWAY_")}
+    env = stripped_env()
     env["PRIVACY_GATEWAY_HTTP_LISTEN"] = "127.0.0.1:0"
     env["PRIVACY_GATEWAY_DATA_DIR"] = tempfile.mkdtemp(prefix="privacy-gateway-test-")
     env.update(variables)
@@ -110,89 +100,22 @@ def free_port_held() -> socket.socket:
     return sock
 
 
-@dataclass
-class GatewayProcess:
-    """A ``privacy-gateway serve`` process and what it printed."""
-
-    process: subprocess.Popen[str]
-    stderr_file: IO[str]
-    address: str = ""
-    stdout: list[str] = field(default_factory=list)
-    _lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
-
-    @property
-    def port(self) -> int:
-        return int(self.address.rsplit(":", 1)[1])
-
-    def read_line(self, timeout: float = TIMEOUT) -> str:
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(
-                f"no output within {timeout} s; stderr:\n{self.stderr()}"
-            ) from None
-        if line is None:
-            code = self.process.wait(timeout=TIMEOUT)
-            raise AssertionError(f"the gateway exited ({code}); stderr:\n{self.stderr()}")
-        self.stdout.append(line)
-        return line
-
-    def read_until(self, pattern: str) -> re.Match[str]:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            match = re.search(pattern, self.read_line(max(0.1, deadline - time.monotonic())))
-            if match:
-                return match
-
-    def stderr(self) -> str:
-        self.stderr_file.flush()
-        return Path(self.stderr_file.name).read_text()
-
-
 StartGateway = Callable[..., GatewayProcess]
 
 
 @pytest.fixture
 def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
-    """Starts ``privacy-gateway serve ARGS`` and returns once it printed its address."""
-    started: list[tuple[GatewayProcess, threading.Thread]] = []
+    """Starts ``privacy-gateway serve ARGS`` and returns once it printed its address.
 
-    def start(*args: str, env: dict[str, str] | None = None) -> GatewayProcess:
-        stderr_file = (tmp_path / f"gateway-{len(started)}.stderr").open("w+")
-        process = subprocess.Popen(
-            [*CLI, "serve", *args],
-            stdout=subprocess.PIPE,
-            stderr=stderr_file,
-            text=True,
-            env=cli_env() if env is None else env,
-        )
-        gateway = GatewayProcess(process, stderr_file)
-        reader = threading.Thread(target=_pump, args=(process, gateway._lines), daemon=True)
-        reader.start()
-        started.append((gateway, reader))
-        gateway.address = gateway.read_until(LISTENING.pattern).group(1)
-        return gateway
+    Unless a test gives its own, the environment is ``cli_env()``'s: no test may depend on the
+    default ports being free or write its journal into the checkout.
+    """
+    with started_gateways(tmp_path) as start:
 
-    yield start
-    for gateway, reader in started:
-        if gateway.process.poll() is None:
-            gateway.process.terminate()
-            try:
-                gateway.process.wait(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                gateway.process.kill()
-                gateway.process.wait(timeout=TIMEOUT)
-        reader.join(timeout=TIMEOUT)
-        if gateway.process.stdout is not None:
-            gateway.process.stdout.close()
-        gateway.stderr_file.close()
+        def start_with_cli_env(*args: str, env: dict[str, str] | None = None) -> GatewayProcess:
+            return start(*args, env=cli_env() if env is None else env)
 
-
-def _pump(process: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
-    assert process.stdout is not None
-    for line in process.stdout:
-        lines.put(line.rstrip("\n"))
-    lines.put(None)
+        yield start_with_cli_env
 
 
 @pytest.fixture

@@ -10,9 +10,7 @@ WhatsApp ones run on the stand-in. (Anything that imports neonize comes through
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +25,8 @@ from service.proto.wagateway.privacy.v1 import instance_service_pb2 as instance_
 from service.sessions.simulated import SimulatedSession
 from service.settings import Field
 from tests.conftest import ACME_TOKEN, GLOBEX_TOKEN, SALES_TOKEN
+from tests.processes import CLI, stripped_env
+from tests.processes import TIMEOUT as CLI_TIMEOUT
 from tests.test_whatsapp_session import (
     CONNECTED,
     DISCONNECTED,
@@ -43,9 +43,6 @@ from tests.test_whatsapp_session import (
 )
 
 WA_TOKEN = "wa-instance-token"
-CLI = (sys.executable, "-m", "service.cli.main")
-#: Seconds a CLI process may take to start, answer or print a line.
-CLI_TIMEOUT = 20.0
 
 SIMULATED = instance_pb.SESSION_KIND_SIMULATED
 WHATSAPP = instance_pb.SESSION_KIND_WHATSAPP
@@ -275,10 +272,6 @@ async def test_pairing_another_accounts_instance_is_permission_denied(mixed: WaG
 # -- the CLI -----------------------------------------------------------------------------------
 
 
-def cli_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PRIVACY_GATEWAY_")}
-
-
 async def run_cli(*args: str) -> tuple[int, str, str]:
     """Runs a CLI command against the in-process gateway, which keeps serving meanwhile."""
     process = await asyncio.create_subprocess_exec(
@@ -286,7 +279,7 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=cli_env(),
+        env=stripped_env(),
     )
     try:
         out, err = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT)
@@ -409,7 +402,7 @@ async def test_cli_watch_prints_the_table_then_each_change(mixed: WaGateway) -> 
         ACME_TOKEN,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=cli_env(),
+        env=stripped_env(),
     )
     try:
         table = [await read_line(process) for _ in range(8)]

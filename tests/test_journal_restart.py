@@ -10,19 +10,12 @@ wait has a timeout.
 
 from __future__ import annotations
 
-import os
-import queue
-import re
 import signal
-import subprocess
-import sys
-import threading
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
 import grpc
 import pytest
@@ -33,13 +26,10 @@ from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from service.sessions.simulated import DEFAULT_SETTINGS
 from service.settings import Field, Settings
+from tests.processes import TIMEOUT, GatewayProcess, started_gateways, stripped_env
 from tests.updates import FIVE_CHANGES
 
-CLI = (sys.executable, "-m", "service.cli.main")
-LISTENING = re.compile(r"^privacy-gateway: gRPC listening on (127\.0\.0\.1:\d+)$")
 TOKEN = "journal-restart-token"
-#: Seconds any single process step or call may take before the test gives up.
-TIMEOUT = 20.0
 
 
 def _config(data_dir: Path, latency_ms: int) -> str:
@@ -61,87 +51,23 @@ latency_ms = {latency_ms}
 """
 
 
-@dataclass
-class GatewayProcess:
-    """A ``privacy-gateway serve`` process, its address and what it printed."""
-
-    process: subprocess.Popen[str]
-    stderr_file: IO[str]
-    address: str = ""
-    stdout: list[str] = field(default_factory=list)
-    lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
-    reader: threading.Thread | None = None
-
-    def read_until(self, pattern: re.Pattern[str]) -> re.Match[str]:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no {pattern.pattern!r}; stderr:\n{self.stderr()}") from None
-            if line is None:
-                code = self.process.wait(timeout=TIMEOUT)
-                raise AssertionError(f"the gateway exited ({code}); stderr:\n{self.stderr()}")
-            self.stdout.append(line)
-            match = pattern.search(line)
-            if match:
-                return match
-
-    def stderr(self) -> str:
-        self.stderr_file.flush()
-        return Path(self.stderr_file.name).read_text()
-
-    def stop(self, signum: signal.Signals) -> int:
-        self.process.send_signal(signum)
-        return self.process.wait(timeout=TIMEOUT)
-
-
 class StartGateway(Protocol):
     def __call__(self, config: Path) -> GatewayProcess: ...
 
 
-def _pump(process: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
-    assert process.stdout is not None
-    for line in process.stdout:
-        lines.put(line.rstrip("\n"))
-    lines.put(None)
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PRIVACY_GATEWAY_")}
-
-
 @pytest.fixture
 def gateway_processes(tmp_path: Path) -> Iterator[StartGateway]:
-    """Starts ``privacy-gateway serve --config F`` and returns once it printed its address."""
-    started: list[GatewayProcess] = []
+    """Starts ``privacy-gateway serve --config F`` and returns once it printed its address.
 
-    def start(config: Path) -> GatewayProcess:
-        stderr_file = (tmp_path / f"gateway-{len(started)}.stderr").open("w+")
-        process = subprocess.Popen(
-            [*CLI, "serve", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=stderr_file,
-            text=True,
-            env=_env(),
-        )
-        gateway = GatewayProcess(process, stderr_file)
-        gateway.reader = threading.Thread(target=_pump, args=(process, gateway.lines), daemon=True)
-        gateway.reader.start()
-        started.append(gateway)
-        gateway.address = gateway.read_until(LISTENING).group(1)
-        return gateway
+    No ``PRIVACY_GATEWAY_*`` variable reaches the gateway: ``PRIVACY_GATEWAY_DATA_DIR`` would
+    override the config's ``data_dir``, and both processes of a test must share that journal.
+    """
+    with started_gateways(tmp_path) as start:
 
-    yield start
-    for gateway in started:
-        if gateway.process.poll() is None:
-            gateway.process.kill()
-            gateway.process.wait(timeout=TIMEOUT)
-        if gateway.reader is not None:
-            gateway.reader.join(timeout=TIMEOUT)
-        if gateway.process.stdout is not None:
-            gateway.process.stdout.close()
-        gateway.stderr_file.close()
+        def start_with_config(config: Path) -> GatewayProcess:
+            return start("--config", str(config), env=stripped_env())
+
+        yield start_with_config
 
 
 @pytest.fixture
