@@ -133,7 +133,7 @@ async def serve(count: int, latency: float, data_dir: str, stanza_threads: int |
     from service.auth import hash_token  # noqa: PLC0415
     from service.config import from_mapping  # noqa: PLC0415
     from service.runtime import Endpoints, serve_until_signalled  # noqa: PLC0415
-    from service.sessions.ffi_standin import StandInFFI  # noqa: PLC0415
+    from service.sessions.whatsapp.standin import StandInFFI  # noqa: PLC0415
 
     raw: dict[str, Any] = {
         "rate_limit_per_minute": 0,

@@ -13,12 +13,12 @@ from service.instances import Instance, InstanceDirectory
 from service.operations import Operations
 from service.ratelimit import RateLimiter
 from service.sessions.base import Session
-from service.sessions.blocking import BlockingCalls
+from service.sessions.whatsapp.threads import BlockingCalls
 from service.sessions.simulated import DEFAULT_SETTINGS, SimulatedSession
 from service.settings import Field, Settings
 
 if TYPE_CHECKING:
-    from service.sessions.ffi import WhatsAppFFI
+    from service.sessions.whatsapp.ffi import WhatsAppFFI
 
 DEMO_INSTANCE = "demo"
 DEMO_LATENCY_MS = 400
@@ -62,8 +62,8 @@ class WhatsAppSessions:
     def build(self, instance: InstanceConfig) -> Session:
         if instance.session == "simulated":
             return _simulated(instance)
-        from service.sessions.ffi import NeonizeFFI  # noqa: PLC0415 - loads the Go library
-        from service.sessions.whatsapp import Backoff, WhatsAppSession  # noqa: PLC0415
+        from service.sessions.whatsapp.ffi import NeonizeFFI  # noqa: PLC0415 - loads the Go library
+        from service.sessions.whatsapp.session import Backoff, WhatsAppSession  # noqa: PLC0415
 
         assert self._blocking is not None
         if self._ffi is None:

@@ -9,7 +9,7 @@ from service.auth import TokenRegistry
 from service.instances import InstanceDirectory
 from service.operations import Operations
 from service.ratelimit import RateLimiter
-from service.sessions.blocking import BlockingCalls
+from service.sessions.whatsapp.threads import BlockingCalls
 
 
 @dataclass

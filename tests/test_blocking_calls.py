@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from service.sessions.blocking import BlockingCalls
+from service.sessions.whatsapp.threads import BlockingCalls
 
 TIMEOUT = 10
 

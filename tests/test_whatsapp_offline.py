@@ -31,13 +31,13 @@ from service.gateway import Gateway
 from service.proto.wagateway.privacy.v1 import instance_service_pb2 as ipb
 from service.proto.wagateway.privacy.v1 import instance_service_pb2_grpc as ipb_grpc
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
-from service.sessions import neonize_codec as codec
-from service.sessions import whatsapp
+from service.sessions.whatsapp import codec
+from service.sessions.whatsapp import session as whatsapp
 from service.sessions.base import SessionError, SessionState
-from service.sessions.blocking import BlockingCalls
-from service.sessions.ffi import LinkCallbacks, NeonizeFFI
-from service.sessions.ffi_standin import StandInFFI
-from service.sessions.whatsapp import Backoff, WhatsAppSession
+from service.sessions.whatsapp.threads import BlockingCalls
+from service.sessions.whatsapp.ffi import LinkCallbacks, NeonizeFFI
+from service.sessions.whatsapp.standin import StandInFFI
+from service.sessions.whatsapp.session import Backoff, WhatsAppSession
 from service.settings import FIELDS, Field, Settings
 from tests.conftest import ACME_TOKEN, GatewayFactory, Harness, gateway_config, visibility
 from tests.loopback_proxy import RecordingProxy

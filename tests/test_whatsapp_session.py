@@ -36,10 +36,10 @@ from service.proto.wagateway.privacy.v1 import instance_service_pb2_grpc as inst
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
-from service.sessions.ffi import EVENT_CODES, LinkCallbacks
-from service.sessions.ffi_standin import StandInFFI
+from service.sessions.whatsapp.ffi import EVENT_CODES, LinkCallbacks
+from service.sessions.whatsapp.standin import StandInFFI
 from service.sessions.simulated import DEFAULT_SETTINGS
-from service.sessions.whatsapp import WhatsAppSession
+from service.sessions.whatsapp.session import WhatsAppSession
 from service.settings import Field, Settings
 from tests.conftest import ACME_TOKEN, GLOBEX_TOKEN
 

@@ -26,7 +26,7 @@ from typing import Any
 from neonize.proto import Neonize_pb2 as npb
 
 from service.errors import Code, GatewayError
-from service.sessions import neonize_codec as codec
+from service.sessions.whatsapp import codec
 from service.sessions.base import (
     ChangeListener,
     ChangeNotifier,
@@ -37,8 +37,8 @@ from service.sessions.base import (
     SessionStatus,
     status_now,
 )
-from service.sessions.blocking import BlockingCalls
-from service.sessions.ffi import EVENT_CODES, LinkCallbacks, WhatsAppFFI
+from service.sessions.whatsapp.threads import BlockingCalls
+from service.sessions.whatsapp.ffi import EVENT_CODES, LinkCallbacks, WhatsAppFFI
 from service.settings import Field, Settings
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from neonize.proto import Neonize_pb2 as npb
 
-from service.sessions.ffi import EVENT_CODES, LinkCallbacks
-from service.sessions.neonize_codec import neonize_field, settings_to_neonize
+from service.sessions.whatsapp.ffi import EVENT_CODES, LinkCallbacks
+from service.sessions.whatsapp.codec import neonize_field, settings_to_neonize
 from service.sessions.simulated import DEFAULT_SETTINGS
 from service.settings import Field, Settings, by_category
 
@@ -46,7 +46,7 @@ def _set_reply(settings: tuple[tuple[Field, str], ...]) -> bytes:
 
 
 class StandInFFI:
-    """Implements ``service.sessions.ffi.WhatsAppFFI`` without WhatsApp."""
+    """Implements ``service.sessions.whatsapp.ffi.WhatsAppFFI`` without WhatsApp."""
 
     def __init__(
         self,

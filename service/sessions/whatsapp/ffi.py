@@ -2,7 +2,7 @@
 
 ``WhatsAppFFI`` mirrors the handful of Go exports the gateway uses, at their own level: blocking
 calls that take a session id and answer neonize's serialized protobuf messages. ``NeonizeFFI``
-is the real one, over ``neonize._binder.gocode``; ``service.sessions.ffi_standin`` answers the
+is the real one, over ``neonize._binder.gocode``; ``service.sessions.whatsapp.standin`` answers the
 same messages without WhatsApp, so tests and benchmarks drive the real session code.
 
 neonize's high-level ``NewClient`` is bypassed on purpose: its ``set_privacy_setting`` raises on
