@@ -41,7 +41,9 @@ HostPort = Annotated[str, StringConstraints(pattern=r"^(\[[0-9a-fA-F:.]+\]|[^\s:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # hide_input_in_errors: a ValidationError's text quotes no value (a store's password), even
+    # where it is chained below a ConfigError.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, hide_input_in_errors=True)
 
 
 class AccountConfig(_Strict):
@@ -87,6 +89,18 @@ class InstanceConfig(_Strict):
     #: Simulated only: initial settings (unset fields take WhatsApp's defaults).
     settings: SimulatedSettings = SimulatedSettings()
 
+    @field_validator("store")
+    @classmethod
+    def _store_kind_known(cls, value: str | None) -> str | None:
+        # The message never quotes the value: a connection string carries its password.
+        if value is not None:
+            problem = store_problem(value)
+            if problem is not None:
+                raise ValueError(
+                    f"must be a SQLite file path or a postgres:// URL ({problem} is not accepted)"
+                )
+        return value
+
     @model_validator(mode="after")
     def _keys_fit_the_kind(self) -> InstanceConfig:
         only = {"simulated": ("proxy", "store"), "whatsapp": ("latency_ms", "settings")}
@@ -120,6 +134,12 @@ class GatewayConfig(_Strict):
     #: Flush every journal commit to the disk (survives power loss; costs a flush per commit).
     #: Without it a commit survives the gateway being killed, not the machine losing power.
     journal_fsync: bool = False
+    #: neonize's (whatsmeow's) own log level; "debug" hands every node it sends or receives to a
+    #: Python callback, which costs time on every stanza.
+    whatsapp_log_level: Literal["debug", "info", "warn", "error"] = "info"
+    #: How long the gateway waits for WhatsApp's answer to one stanza before it reports that
+    #: field as unconfirmed.
+    stanza_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
     accounts: list[AccountConfig] = []
     instances: list[InstanceConfig] = []
 
@@ -135,6 +155,7 @@ class GatewayConfig(_Strict):
                     ("instances", index, "account"),
                     f"unknown account {instance.account!r} (configured: {known})",
                 )
+        _one_instance_per_store(self.instances, Path(self.data_dir))
         return self
 
 
@@ -146,6 +167,76 @@ class _ReferenceError(ValueError):
     def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
         super().__init__(message)
         self.loc = loc
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_KEY_VALUE = re.compile(r"^\s*[A-Za-z_]+\s*=")
+POSTGRES_SCHEMES = ("postgres", "postgresql")
+
+
+def store_problem(store: str) -> str | None:
+    """What kind of unaccepted store ``store`` is (in words that quote none of it), or None.
+
+    neonize opens a ``postgres://`` URL as PostgreSQL and anything else as a SQLite file name:
+    a libpq ``key=value`` string or a ``mysql://`` URL would become a file of that name, with
+    the password in the file name.
+    """
+    scheme = _SCHEME.match(store)
+    if scheme is not None:
+        name = scheme.group(1).lower()
+        return None if name in POSTGRES_SCHEMES else f"a {name}:// URL"
+    if _KEY_VALUE.match(store) or ("=" in store and re.search(r"\s", store)):
+        return "a key=value connection string"
+    return None
+
+
+def _one_instance_per_store(instances: Sequence[InstanceConfig], data_dir: Path) -> None:
+    """Refuses two WhatsApp instances on one SQLite store, and one on the journal's file.
+
+    neonize loads a SQLite store's first device: two sessions on it would be two connections of
+    the same device, which WhatsApp answers by dropping one, then the other, over and over.
+    Paths are compared resolved (``data/a.db`` is ``./data/a.db``). A PostgreSQL database may be
+    shared: each instance's device is recorded by its JID when it pairs and named on every
+    connect (``service.sessions.whatsapp.devices``).
+    """
+    journal = (data_dir / "journal.db").resolve()
+    seen: dict[str, int] = {}
+    for index, instance in enumerate(instances):
+        if instance.session != "whatsapp":
+            continue
+        store = _resolved_store(instance, data_dir)
+        if _is_url(store):
+            # One PostgreSQL database holds many devices: each instance's is named by its JID.
+            continue
+        if store == str(journal):
+            raise _ReferenceError(
+                ("instances", index, "store"),
+                f"{journal} is the operation journal; give instance {instance.name!r} "
+                "another session store",
+            )
+        if store in seen:
+            first = seen[store]
+            # Point at the store that was written down: a default is not the mistake.
+            blamed = index if instance.store is not None else first
+            where = store
+            raise _ReferenceError(
+                ("instances", blamed, "store"),
+                f"instances {instances[first].name!r} and {instance.name!r} share one session "
+                f"store ({where}); give each WhatsApp instance its own store",
+            )
+        seen[store] = index
+
+
+def _resolved_store(instance: InstanceConfig, data_dir: Path) -> str:
+    if instance.store is None:
+        return str((data_dir / f"{instance.name}.db").resolve())
+    if _is_url(instance.store):
+        return instance.store
+    return str(Path(instance.store).resolve())
+
+
+def _is_url(store: str) -> bool:
+    return _SCHEME.match(store) is not None
 
 
 def _unique(section: str, names: Sequence[str]) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.gateway import Gateway
-from service.grpc.server import RunningServer, start_server
+from service.grpc.server import RunningServer, bind_server
 from service.http.app import HttpServer
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,18 @@ async def serve_until_signalled(
     grace: float,
     on_ready: Callable[[Endpoints], None] | None = None,
 ) -> None:
-    grpc_server: RunningServer = await start_server(gateway, grpc_address)
+    # gRPC serves only once REST is bound too, and the journal and the sessions start only after
+    # both: a port that is taken (ListenError) leaves nothing running behind it.
+    grpc_server: RunningServer = bind_server(gateway, grpc_address)
     http_server: HttpServer | None = None
     if http_address:
         http_server = HttpServer(gateway, shutdown_timeout=grace)
-        await http_server.start(http_address)
+        try:
+            await http_server.start(http_address)
+        except BaseException:
+            await grpc_server.stop(None)
+            raise
+    await grpc_server.start()
     await gateway.start()
     # What is alive once started (modules, descriptors, the configuration, the instances) lives
     # as long as the process: frozen, the collector stops walking it on every collection.

@@ -366,3 +366,189 @@ def test_wrong_environment_value_names_the_variable_not_a_file_line(
     message = load_error(path, env={variable: value})
 
     assert message.startswith(f"{variable}: "), message
+
+
+# -- WhatsApp session stores: one instance per store, and never a password in an error ----------
+
+PASSWORD = "s3cret-Pa55"
+
+#: Two WhatsApp instances; ``{sales}`` and ``{support}`` are where their ``store`` lines go.
+WHATSAPP = f"""\
+data_dir = "{{data_dir}}"
+
+[[accounts]]
+name = "acme"
+token_sha256 = "{HASH}"
+
+[[instances]]
+name = "sales"
+account = "acme"
+session = "whatsapp"
+{{sales}}
+
+[[instances]]
+name = "support"
+account = "acme"
+session = "whatsapp"
+{{support}}
+"""
+
+
+def whatsapp(tmp_path: Path, sales: str = "", support: str = "") -> Path:
+    text = WHATSAPP.format(data_dir=tmp_path / "data", sales=sales, support=support)
+    return write(tmp_path, text)
+
+
+def assert_no_password(error: ConfigError) -> None:
+    """Neither the message nor the validation error chained below it (which a traceback or a
+    logged exception would show) quotes the password."""
+    assert error.__cause__ is not None
+    assert PASSWORD not in str(error)
+    assert PASSWORD not in str(error.__cause__)
+
+
+def test_whatsapp_instances_with_stores_of_their_own_load(tmp_path: Path) -> None:
+    path = whatsapp(
+        tmp_path,
+        sales=f'store = "postgres://gw:{PASSWORD}@db/sales"',
+        support=f'store = "{tmp_path / "support.db"}"',
+    )
+
+    sales, support = load(path, env={}).instances
+
+    assert sales.store == f"postgres://gw:{PASSWORD}@db/sales"
+    assert support.store == str(tmp_path / "support.db")
+
+
+@pytest.mark.parametrize(
+    ("sales", "support"),
+    [
+        pytest.param("same.db", "same.db", id="the-same-path"),
+        pytest.param("same.db", "./sub/../same.db", id="the-same-file-spelled-otherwise"),
+    ],
+)
+def test_two_instances_on_one_sqlite_store_are_refused_naming_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sales: str, support: str
+) -> None:
+    monkeypatch.chdir(tmp_path)  # relative paths are the gateway's working directory's
+    path = whatsapp(tmp_path, sales=f'store = "{sales}"', support=f'store = "{support}"')
+
+    reason = assert_points_at(
+        load_error(path), path, line_of(path, "store = ", occurrence=2), "instances[1].store"
+    )
+    assert reason == (
+        f"instances 'sales' and 'support' share one session store ({tmp_path / 'same.db'}); "
+        "give each WhatsApp instance its own store"
+    )
+
+
+def test_a_store_that_is_another_instances_default_is_refused_where_it_is_written(
+    tmp_path: Path,
+) -> None:
+    path = whatsapp(tmp_path, sales=f'store = "{tmp_path / "data" / "support.db"}"')
+
+    reason = assert_points_at(
+        load_error(path), path, line_of(path, "store = "), "instances[0].store"
+    )
+    assert reason.startswith("instances 'sales' and 'support' share one session store (")
+
+
+def test_two_instances_may_share_one_postgres_database(tmp_path: Path) -> None:
+    """A PostgreSQL database holds many devices; each instance's is named by its JID."""
+    url = f"postgresql://gw:{PASSWORD}@db:5432/whatsapp?sslmode=disable"
+    path = whatsapp(tmp_path, sales=f'store = "{url}"', support=f'store = "{url}"')
+
+    config = load(path, env={})
+
+    assert [i.store for i in config.instances] == [url, url]
+
+
+def test_a_store_on_the_operation_journal_is_refused(tmp_path: Path) -> None:
+    path = whatsapp(tmp_path, support=f'store = "{tmp_path / "data" / "journal.db"}"')
+
+    reason = assert_points_at(
+        load_error(path), path, line_of(path, "store = "), "instances[1].store"
+    )
+    assert reason == (
+        f"{tmp_path / 'data' / 'journal.db'} is the operation journal; give instance 'support' "
+        "another session store"
+    )
+
+
+def test_a_simulated_instance_named_journal_is_fine(tmp_path: Path) -> None:
+    # It has no session store: only a WhatsApp instance's default store would be journal.db.
+    path = write(tmp_path, VALID.replace('name = "support"', 'name = "journal"'))
+
+    assert [i.name for i in load(path, env={}).instances] == ["sales", "journal"]
+
+
+@pytest.mark.parametrize(
+    ("store", "kind"),
+    [
+        pytest.param(
+            f"host=db user=gw password={PASSWORD} dbname=whatsapp",
+            "a key=value connection string",
+            id="libpq-key-value",
+        ),
+        pytest.param(
+            f"password={PASSWORD}", "a key=value connection string", id="a-single-key-value"
+        ),
+        pytest.param(
+            f"dbname=whatsapp password='{PASSWORD} x'",
+            "a key=value connection string",
+            id="key-value-with-a-quoted-value",
+        ),
+        pytest.param(f"mysql://gw:{PASSWORD}@db/whatsapp", "a mysql:// URL", id="other-scheme"),
+    ],
+)
+def test_a_store_neither_sqlite_nor_postgres_url_is_refused_without_echoing_it(
+    tmp_path: Path, store: str, kind: str
+) -> None:
+    path = whatsapp(tmp_path, sales=f'store = "{store}"')
+
+    with pytest.raises(ConfigError) as info:
+        load(path, env={})
+
+    reason = assert_points_at(
+        str(info.value), path, line_of(path, "store = "), "instances[0].store"
+    )
+    assert reason == f"must be a SQLite file path or a postgres:// URL ({kind} is not accepted)"
+    assert_no_password(info.value)
+
+
+# -- WhatsApp library settings --------------------------------------------------------------------
+
+
+def test_whatsapp_log_level_and_stanza_timeout_defaults() -> None:
+    config = from_mapping({}, env={})
+
+    assert (config.whatsapp_log_level, config.stanza_timeout_seconds) == ("info", 30.0)
+
+
+def test_whatsapp_log_level_and_stanza_timeout_from_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, 'whatsapp_log_level = "debug"\nstanza_timeout_seconds = 5\n' + VALID)
+
+    config = load(path, env={})
+
+    assert (config.whatsapp_log_level, config.stanza_timeout_seconds) == ("debug", 5.0)
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "why"),
+    [
+        pytest.param('whatsapp_log_level = "warning"', "whatsapp_log_level", "'warn'", id="level"),
+        pytest.param(
+            "stanza_timeout_seconds = 0",
+            "stanza_timeout_seconds",
+            "greater than 0",
+            id="zero-timeout",
+        ),
+    ],
+)
+def test_wrong_whatsapp_settings_name_their_line(
+    tmp_path: Path, line: str, key: str, why: str
+) -> None:
+    path = write(tmp_path, line + "\n" + VALID)
+
+    reason = assert_points_at(load_error(path), path, 1, key)
+    assert why in reason

@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from service import config as config_module
+from service import data_dir
 from service.auth import hash_token, new_token
 from service.cli import client
+from service.listen import ListenError
 from service.settings import FIELDS
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -23,7 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result: int = args.run(args)
-    except config_module.ConfigError as exc:
+    except (config_module.ConfigError, data_dir.DataDirError, ListenError) as exc:
+        # What the operator must change before the gateway can start: one line, no traceback.
         print(f"privacy-gateway: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -153,7 +156,6 @@ def _serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    gateway = app.build_gateway(cfg)
 
     def ready(endpoints: Endpoints) -> None:
         host = cfg.listen.rsplit(":", 1)[0]
@@ -174,10 +176,14 @@ def _serve(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    serving = serve_until_signalled(
-        gateway, cfg.listen, cfg.http_listen or None, cfg.shutdown_grace_seconds, ready
-    )
-    asyncio.run(serving)
+    # Taken before anything opens the data_dir or binds a port: a second gateway on this data_dir
+    # stops here, with nothing started; the lock goes when the gateway has stopped.
+    with data_dir.locked(cfg.data_dir):
+        gateway = app.build_gateway(cfg)
+        serving = serve_until_signalled(
+            gateway, cfg.listen, cfg.http_listen or None, cfg.shutdown_grace_seconds, ready
+        )
+        asyncio.run(serving)
     return 0
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from grpc import aio
@@ -13,12 +18,18 @@ from service.gateway import Gateway
 from service.grpc.instance_servicer import InstanceServicer
 from service.grpc.interceptors import GuardInterceptor
 from service.grpc.privacy_servicer import PrivacyServicer
+from service.listen import bind_error, listen_error
 from service.proto.wagateway.privacy.v1 import instance_service_pb2 as instance_pb
 from service.proto.wagateway.privacy.v1 import instance_service_pb2_grpc as instance_grpc
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+
+#: grpc turns ``SO_REUSEPORT`` on by default, which lets a second server bind the same port and
+#: have the kernel split new connections between the two: a second gateway would start without
+#: a word and take calls for instances whose WhatsApp sessions the first one holds.
+EXCLUSIVE_PORT = ("grpc.so_reuseport", 0)
 
 SERVICE_NAMES = (
     pb.DESCRIPTOR.services_by_name["PrivacyService"].full_name,
@@ -28,10 +39,18 @@ SERVICE_NAMES = (
 
 @dataclass
 class RunningServer:
+    """The gateway's gRPC server: its port bound (``bind_server``), serving once started."""
+
     server: aio.Server
     port: int
     health: health.aio.HealthServicer
     privacy: PrivacyServicer
+
+    async def start(self) -> None:
+        """Starts taking calls on the port ``bind_server`` bound, and reports SERVING."""
+        await self.server.start()
+        for name in (*SERVICE_NAMES, ""):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float | None) -> None:
         """Stops taking calls; in-flight calls may run for ``grace`` seconds more.
@@ -46,7 +65,19 @@ class RunningServer:
 
 async def start_server(gateway: Gateway, address: str) -> RunningServer:
     """Binds ``address`` (port 0 picks a free one) and starts serving."""
-    server = aio.server(interceptors=[GuardInterceptor(gateway.tokens, gateway.limiter)])
+    server = bind_server(gateway, address)
+    await server.start()
+    return server
+
+
+def bind_server(gateway: Gateway, address: str) -> RunningServer:
+    """The server, its port bound but not yet serving: ``start`` it once the rest is bound too.
+
+    Raises ``ListenError`` (one line, naming the port) when ``address`` is taken.
+    """
+    server = aio.server(
+        interceptors=[GuardInterceptor(gateway.tokens, gateway.limiter)], options=[EXCLUSIVE_PORT]
+    )
     privacy = PrivacyServicer(gateway)
     pb_grpc.add_PrivacyServiceServicer_to_server(privacy, server)
     instance_grpc.add_InstanceServiceServicer_to_server(InstanceServicer(gateway.instances), server)
@@ -55,10 +86,44 @@ async def start_server(gateway: Gateway, address: str) -> RunningServer:
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address)
+    return RunningServer(server, _add_port(server, address), health_servicer, privacy)
+
+
+def _add_port(server: aio.Server, address: str) -> int:
+    """Binds ``address``; a failure is a ``ListenError`` instead of grpc's own report.
+
+    grpc's core writes a failed bind to the process's stderr itself, as a log line of its own,
+    before raising a ``RuntimeError`` that says only "Failed to bind": the line is held back, so
+    that the error an operator sees is the gateway's single line, and kept in the debug log.
+    """
+    with _stderr_held() as held:
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError:
+            port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
-    await server.start()
-    for name in (*SERVICE_NAMES, ""):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer, privacy)
+        log.debug("grpc could not bind %s: %s", address, held.decode(errors="replace").strip())
+        raise listen_error("gRPC", address, "--listen", bind_error(address))
+    if held:
+        os.write(2, held)
+    return port
+
+
+@contextlib.contextmanager
+def _stderr_held() -> Iterator[bytearray]:
+    """Sends what is written to file descriptor 2 (C code's writes too) aside meanwhile.
+
+    Once the block ends, the yielded buffer holds what was written, for the caller to show or not.
+    """
+    sys.stderr.flush()
+    held = bytearray()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as aside:
+        os.dup2(aside.fileno(), 2)
+        try:
+            yield held
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            aside.seek(0)
+            held += aside.read()
