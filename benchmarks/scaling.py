@@ -146,7 +146,9 @@ async def serve(count: int, latency: float, data_dir: str, stanza_threads: int |
     config = from_mapping(raw, env={})
     ffi = StandInFFI(latency=latency)
     for name in names(count):
-        ffi.account(name.encode()).jid = JID
+        ffi.link_account(name, JID)
+    # Each device goes into the store the gateway will look into: <data_dir>/<name>.db.
+    ffi.place(Path(config.data_dir))
     gateway = build_gateway(config, ffi=ffi)
 
     def ready(endpoints: Endpoints) -> None:

@@ -13,12 +13,14 @@ from service.instances import Instance, InstanceDirectory
 from service.operations import Operations
 from service.ratelimit import RateLimiter
 from service.sessions.base import Session
-from service.sessions.whatsapp.threads import BlockingCalls
 from service.sessions.simulated import DEFAULT_SETTINGS, SimulatedSession
+from service.sessions.whatsapp.threads import BlockingCalls
 from service.settings import Field, Settings
 
 if TYPE_CHECKING:
+    from service.sessions.whatsapp.devices import DeviceBook
     from service.sessions.whatsapp.ffi import WhatsAppFFI
+    from service.sessions.whatsapp.guard import GuardedFFI
 
 DEMO_INSTANCE = "demo"
 DEMO_LATENCY_MS = 400
@@ -58,31 +60,53 @@ class WhatsAppSessions:
         self._config = config
         self._blocking = blocking
         self._ffi = ffi
+        self._devices: DeviceBook | None = None
+        self._guarded: GuardedFFI | None = None
 
     def build(self, instance: InstanceConfig) -> Session:
         if instance.session == "simulated":
             return _simulated(instance)
+        from service.sessions.whatsapp.devices import DeviceBook  # noqa: PLC0415
         from service.sessions.whatsapp.ffi import NeonizeFFI  # noqa: PLC0415 - loads the Go library
-        from service.sessions.whatsapp.session import Backoff, WhatsAppSession  # noqa: PLC0415
+        from service.sessions.whatsapp.guard import GuardedFFI  # noqa: PLC0415
+        from service.sessions.whatsapp.probe import probe_path  # noqa: PLC0415
+        from service.sessions.whatsapp.session import (  # noqa: PLC0415
+            Backoff,
+            WhatsAppOptions,
+            WhatsAppSession,
+        )
 
         assert self._blocking is not None
+        # The real library's dials are tried first by the gateway itself (``probe``); a stand-in
+        # plays WhatsApp's side of the dial on its own.
+        probe = probe_path if self._ffi is None else None
         if self._ffi is None:
             self._ffi = NeonizeFFI()
+        if self._guarded is None:
+            self._guarded = GuardedFFI(self._ffi)
+        data_dir = Path(self._config.data_dir)
+        if self._devices is None:
+            self._devices = DeviceBook(data_dir / "devices.json")
         store = instance.store
         if store is None:
-            data_dir = Path(self._config.data_dir)
             data_dir.mkdir(parents=True, exist_ok=True)
             store = str(data_dir / f"{instance.name}.db")
-        backoff = Backoff(
-            self._config.reconnect_initial_seconds, self._config.reconnect_max_seconds
+        options = WhatsAppOptions(
+            backoff=Backoff(
+                self._config.reconnect_initial_seconds, self._config.reconnect_max_seconds
+            ),
+            stanza_timeout=self._config.stanza_timeout_seconds,
+            log_level=self._config.whatsapp_log_level,
         )
         return WhatsAppSession(
             instance.name,
-            self._ffi,
+            self._guarded,
             store=store,
             proxy=instance.proxy,
             blocking=self._blocking,
-            backoff=backoff,
+            devices=self._devices,
+            probe=probe,
+            options=options,
         )
 
 

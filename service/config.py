@@ -32,9 +32,9 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 ENV_PREFIX = "PRIVACY_GATEWAY_"
 
-ProxyUrl = Annotated[
-    str, StringConstraints(pattern=r"^(http|https|socks5|socks5h)://[^\s/]+(/.*)?$")
-]
+#: The schemes whatsmeow dials through (client.go:317-340: http, https, socks5; anything else is
+#: "unsupported proxy scheme", found only after neonize has opened the store).
+ProxyUrl = Annotated[str, StringConstraints(pattern=r"^(http|https|socks5)://[^\s/]+(/.*)?$")]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 HostPort = Annotated[str, StringConstraints(pattern=r"^(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d{1,5}$")]

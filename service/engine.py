@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from service import errors
 from service.errors import Code, GatewayError
 from service.instances import Instance
-from service.sessions.base import SessionError
+from service.sessions.base import SessionError, StanzaFate
 from service.settings import Field, Settings
 
 
@@ -39,6 +39,9 @@ class FieldState(enum.Enum):
     RESTORE_STARTED = "restore_started"
     RESTORED = "restored"
     RESTORE_FAILED = "restore_failed"
+    #: Sent, answer lost: WhatsApp may hold the new value. A re-read may resolve it (a second
+    #: event for the field, APPLIED or FAILED); if not, this is the field's outcome.
+    UNCONFIRMED = "unconfirmed"
 
 
 #: The states a field ends an update in (STARTED and RESTORE_STARTED are progress).
@@ -176,7 +179,8 @@ async def update(
     should_halt = _halt_check(deadline, halt)
     async with instance.lock:
         current = await read_settings(instance)
-        steps = (PlanStep(f, current[f], v, options.force) for f, v in wanted.items())
+        # A field WhatsApp did not report is unknown (""): its stanza is sent.
+        steps = (PlanStep(f, current.get(f, ""), v, options.force) for f, v in wanted.items())
         plan = Plan(tuple(steps))
         yield plan
         if options.validate_only:
@@ -231,6 +235,17 @@ class _Run:
             else:
                 yield FieldEvent(step.field, FieldState.STARTED, step.target, step.current)
                 outcome, error = await self._send(step.field, step.target, step.current)
+                if error is not None and error.unconfirmed:
+                    # Told as it happened, then resolved by a re-read when the session can.
+                    self.outcomes.append(outcome)
+                    yield outcome
+                    outcome, error = await self._confirm(outcome, error)
+                    if outcome.state is FieldState.UNCONFIRMED:
+                        assert error is not None
+                        self.failures.append((step, error))
+                        if policy is not FailurePolicy.CONTINUE:
+                            stop_reason = f"{step.field.spec.rest_name} went unconfirmed"
+                        continue
                 if error is not None:
                     self.failures.append((step, error))
                     if policy is not FailurePolicy.CONTINUE:
@@ -241,7 +256,11 @@ class _Run:
     async def roll_back(self) -> AsyncIterator[FieldEvent]:
         """Puts each applied field back, latest first. Runs to the end even if the caller left:
         a half-done rollback would be worse than either state."""
-        applied = [o for o in self.outcomes if o.state is FieldState.APPLIED]
+        # A field whose stanza went unconfirmed may be live too: it is put back like the others.
+        latest = {o.field: o for o in self.outcomes}
+        live = (FieldState.APPLIED, FieldState.UNCONFIRMED)
+        applied = [o for o in latest.values() if o.state in live]
+        applied.sort(key=self.outcomes.index)
         for done in reversed(applied):
             # As every field event: ``value`` is what was requested, ``previous`` what it held
             # before the update, which the restore puts back.
@@ -265,9 +284,33 @@ class _Run:
         except SessionError as exc:
             # A stanza that could not even be sent has no round trip to report.
             elapsed = None if exc.connection_lost else time.monotonic() - started
+            if exc.unconfirmed and not restore:
+                failed = FieldState.UNCONFIRMED
             return FieldEvent(field, failed, value, previous, elapsed, exc.reason), exc
         self.latest = answered
         return FieldEvent(field, ok, value, previous, time.monotonic() - started), None
+
+    async def _confirm(
+        self, lost: FieldEvent, error: SessionError
+    ) -> tuple[FieldEvent, SessionError | None]:
+        """The outcome of a stanza whose answer was lost, from a re-read of WhatsApp itself.
+
+        Holding the new value means WhatsApp applied it; holding anything else means it did not
+        (the field is then FAILED, and nothing of it is live); no answer leaves it UNCONFIRMED.
+        """
+        try:
+            held = await self.instance.session.confirm(lost.field)
+        except SessionError:
+            held = None
+        if held is None:
+            return lost, error
+        note = f"{error.reason}; a re-read shows {held}"
+        if held == lost.value:
+            self.latest = self.latest.with_value(lost.field, held)
+            return replace(lost, state=FieldState.APPLIED, error=note), None
+        # Not applied after all: nothing of it is live, and sending it again may work.
+        refused = SessionError(note, fate=StanzaFate.NOT_SENT)
+        return replace(lost, state=FieldState.FAILED, error=note), refused
 
 
 async def _read_back(instance: Instance, last_answer: Settings) -> Settings:
@@ -331,15 +374,39 @@ def _failed(instance: Instance, snapshot: Snapshot, run: _Run) -> UpdateFailed:
             message += "; rolled back"
     metadata["field"] = step.field.value
     metadata["failed"] = ",".join(s.field.value for s, _ in run.failures)
-    lost = error.connection_lost
-    failed = UpdateFailed(
-        Code.UNAVAILABLE if lost else Code.INTERNAL,
-        message,
-        "CONNECTION_LOST" if lost else "STANZA_FAILED",
-        metadata,
-    )
+    unconfirmed = _unresolved(snapshot)
+    if unconfirmed:
+        metadata["unconfirmed"] = ",".join(f.value for f in unconfirmed)
+    code, reason = _stanza_failure(error)
+    if error.unconfirmed:
+        message += " (sent, but the answer was lost: WhatsApp may hold the new value)"
+    failed = UpdateFailed(code, message, reason, metadata, retry_after_seconds=error.retry_after)
     failed.snapshot = snapshot
     return failed
+
+
+def _stanza_failure(error: SessionError) -> tuple[Code, str]:
+    """The status and reason a failed stanza ends its update with.
+
+    A stanza that never left, or whose answer was lost, is the connection's trouble
+    (UNAVAILABLE: retry later); WhatsApp's own rate limit (429) is RESOURCE_EXHAUSTED and its
+    server errors (5xx) UNAVAILABLE; any other refusal is INTERNAL, as in the REST contract.
+    """
+    if error.fate is StanzaFate.NOT_SENT:
+        return Code.UNAVAILABLE, "CONNECTION_LOST"
+    if error.fate is StanzaFate.UNCONFIRMED:
+        return Code.UNAVAILABLE, "STANZA_UNCONFIRMED"
+    if error.status == 429:
+        return Code.RESOURCE_EXHAUSTED, "WHATSAPP_RATE_LIMITED"
+    if error.status is not None and error.status >= 500:
+        return Code.UNAVAILABLE, "WHATSAPP_UNAVAILABLE"
+    return Code.INTERNAL, "STANZA_FAILED"
+
+
+def _unresolved(snapshot: Snapshot) -> list[Field]:
+    """Fields whose last word is UNCONFIRMED (no re-read or restore settled them)."""
+    latest = {o.field: o.state for o in snapshot.outcomes}
+    return [f for f, state in latest.items() if state is FieldState.UNCONFIRMED]
 
 
 def _names(snapshot: Snapshot, state: FieldState) -> str:

@@ -189,8 +189,13 @@ def replayed(instance: Instance, row: OperationRow) -> Operation:
         FieldEvent(Field(o.field), FieldState[o.state], o.value, o.previous, o.elapsed, o.error)
         for o in row.outcomes
     ]
-    firsts = [o for o in outcomes if o.state not in _RESTORES]
-    steps = tuple(PlanStep(o.field, o.previous, o.value, row.force) for o in firsts)
+    # A field's first outcome is its plan step (a restore, or the re-read that resolved an
+    # UNCONFIRMED stanza, is a second outcome of the same field).
+    firsts: dict[Field, FieldEvent] = {}
+    for o in outcomes:
+        if o.state not in _RESTORES:
+            firsts.setdefault(o.field, o)
+    steps = tuple(PlanStep(o.field, o.previous, o.value, row.force) for o in firsts.values())
     operation.publish(Plan(steps))
     for outcome in outcomes:
         operation.publish(outcome)

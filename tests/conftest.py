@@ -177,3 +177,12 @@ async def rest(gateway: Harness) -> AsyncIterator[Rest]:
 def visibility(**values: int) -> spb.PrivacySettings:
     """A request setting visibility fields: ``visibility(last_seen=spb.VISIBILITY_VALUE_NONE)``."""
     return spb.PrivacySettings(visibility=spb.Visibility(**values))
+
+
+@pytest.fixture
+async def start_whatsapp(tmp_path: Path) -> AsyncIterator[Any]:
+    """Starts gateways with WhatsApp instances on the stand-in (``tests.whatsapp_harness``)."""
+    from tests.whatsapp_harness import whatsapp_gateways
+
+    async with whatsapp_gateways(tmp_path) as start:
+        yield start

@@ -3,8 +3,8 @@
 A gateway with both kinds of instance serves these tests: simulated ``sales`` (with an instance
 token) and ``support``, a linked WhatsApp ``wa`` (with an instance token) and an unpaired ``new``
 of account ``acme``; simulated ``other`` and a linked WhatsApp ``globex-wa`` of ``globex``. The
-WhatsApp ones run on the stand-in. (Anything that imports neonize comes through
-``tests.test_whatsapp_session``, which imports it first under a guard: see there.)
+WhatsApp ones run on the stand-in (``tests.whatsapp_harness``; ``conftest`` imports neonize first,
+under a guard: see there).
 """
 
 from __future__ import annotations
@@ -27,16 +27,16 @@ from service.settings import Field
 from tests.conftest import ACME_TOKEN, GLOBEX_TOKEN, SALES_TOKEN
 from tests.processes import CLI, stripped_env
 from tests.processes import TIMEOUT as CLI_TIMEOUT
-from tests.test_whatsapp_session import (
+from tests.whatsapp_harness import (
     CONNECTED,
     DISCONNECTED,
     JID,
     NOT_PAIRED,
     TIMEOUT,
-    StandInFFI,
     WaGateway,
     drain,
     error_reason,
+    paired,
     rpc_error,
     whatsapp_gateways,
     whatsapp_instance,
@@ -60,9 +60,7 @@ INSTANCES: list[dict[str, Any]] = [
 @pytest.fixture
 async def mixed(tmp_path: Path) -> AsyncIterator[WaGateway]:
     """The gateway, with every WhatsApp instance settled (linked ones CONNECTED, ``new`` not)."""
-    ffi = StandInFFI(latency=0.0)
-    for name in (b"wa", b"globex-wa"):
-        ffi.account(name).jid = JID
+    ffi = paired("wa", "globex-wa", latency=0.0)
     async with whatsapp_gateways(tmp_path) as start:
         running = await start(ffi, instances=INSTANCES)
         await running.wait_state("wa", CONNECTED)
@@ -337,11 +335,11 @@ async def test_cli_instances_shows_the_jid_or_the_last_error_as_detail(
 ) -> None:
     pairing = mixed.pair("new")
     await asyncio.wait_for(pairing.read(), TIMEOUT)
-    mixed.ffi.scan(b"new", JID)
+    mixed.ffi.scan("new", JID)
     _, failure = await drain(pairing)
     assert failure is None
     await mixed.wait_state("new", CONNECTED)
-    mixed.ffi.drop(b"wa")
+    mixed.ffi.drop("wa")  # and it stays down
     await mixed.wait_state("wa", DISCONNECTED)
 
     code, out, _ = await run_cli("instances", "--address", mixed.address, "--token", ACME_TOKEN)
@@ -351,7 +349,7 @@ async def test_cli_instances_shows_the_jid_or_the_last_error_as_detail(
     assert detail == {
         "sales": ("CONNECTED", ""),
         "support": ("CONNECTED", ""),
-        "wa": ("DISCONNECTED", "connection lost"),
+        "wa": ("DISCONNECTED", "connection lost; whatsmeow is reconnecting"),
         "new": ("CONNECTED", JID),
     }
 

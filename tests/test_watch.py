@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -24,14 +22,13 @@ from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
 from service.sessions.simulated import DEFAULT_SETTINGS
 from service.settings import Field, Settings
 from tests.conftest import SALES_TOKEN, Harness, visibility
-from tests.test_whatsapp_session import (
+from tests.whatsapp_harness import (
     CONNECTED,
     DISCONNECTED,
     TIMEOUT,
     StartWhatsApp,
     paired,
     rpc_error,
-    whatsapp_gateways,
 )
 
 WatchCall = aio.UnaryStreamCall[pb.WatchPrivacySettingsRequest, pb.WatchPrivacySettingsResponse]
@@ -238,12 +235,6 @@ async def test_stopping_the_server_ends_watches_cleanly_and_promptly(gateway: Ha
 # -- the WhatsApp kind ------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def start_whatsapp(tmp_path: Path) -> AsyncIterator[StartWhatsApp]:
-    async with whatsapp_gateways(tmp_path) as start:
-        yield start
-
-
 async def test_whatsapp_a_change_on_the_phone_is_reported_with_the_new_settings(
     start_whatsapp: StartWhatsApp,
 ) -> None:
@@ -255,7 +246,7 @@ async def test_whatsapp_a_change_on_the_phone_is_reported_with_the_new_settings(
     assert described(await next_message(call)) == (INITIAL, [], DEFAULT_SETTINGS)
     sent = wa.ffi.stanzas
 
-    wa.ffi.change_on_phone(b"wa", Field.LAST_SEEN, "contacts")
+    wa.ffi.change_on_phone("wa", Field.LAST_SEEN, "contacts")
 
     assert described(await next_message(call)) == (
         PHONE,
@@ -281,7 +272,7 @@ async def test_whatsapp_watching_a_dropped_instance_is_failed_precondition(
 ) -> None:
     wa = await start_whatsapp(paired("wa", latency=0.0), "wa")
     await wa.wait_state("wa", CONNECTED)
-    wa.ffi.drop(b"wa")
+    wa.ffi.drop("wa")  # and it stays down
     await wa.wait_state("wa", DISCONNECTED)
 
     call = wa.privacy.WatchPrivacySettings(

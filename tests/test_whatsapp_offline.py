@@ -1,9 +1,19 @@
 """WhatsApp sessions on the real neonize library, with no network at all.
 
 Every WhatsApp instance here dials through a proxy on 127.0.0.1: a closed port, or a recording
-proxy from ``tests.loopback_proxy`` that forwards nothing. So the Go library never resolves or
-reaches WhatsApp, yet everything up to the dial is the real thing: the gateway, the supervisor,
-the FFI calls, the error strings whatsmeow gives, and the replies neonize serializes.
+proxy from ``tests.loopback_proxy`` that forwards nothing (``AnsweringProxy`` says yes to the
+CONNECT first, then hangs up). So the Go library never resolves or reaches WhatsApp, yet
+everything up to the dial is the real thing: the gateway, the supervisor, the FFI calls, the
+error strings whatsmeow gives, and the replies neonize serializes.
+
+Two things of the gateway decide whether neonize is called at all:
+- the supervisor dials only a store that holds a device (``devices``); an unpaired store waits
+  for PairInstance. ``store_with_device`` makes a file the gateway counts as paired (enough when
+  the dial is stopped before neonize), ``paired_store`` a store whatsmeow itself loads as a
+  paired device (when neonize must dial);
+- the gateway tries the path itself first (``probe``): a closed port, or a proxy that does not
+  answer its CONNECT, fails there, and neonize is not called. Tests of neonize's own dial call
+  ``NeonizeFFI`` directly, or pass the probe with an ``AnsweringProxy``.
 
 A few checks run in a child process. neonize can crash the whole process (a Go fault is not an
 exception), and a crash must show up as one failing test, not as the end of the test run.
@@ -13,7 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
+import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -27,20 +40,27 @@ import pytest
 from grpc import aio
 from neonize.proto import Neonize_pb2 as npb
 
+from service.app import build_gateway
+from service.config import from_mapping
 from service.gateway import Gateway
+from service.grpc.server import start_server
 from service.proto.wagateway.privacy.v1 import instance_service_pb2 as ipb
 from service.proto.wagateway.privacy.v1 import instance_service_pb2_grpc as ipb_grpc
+from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
-from service.sessions.whatsapp import codec
-from service.sessions.whatsapp import session as whatsapp
 from service.sessions.base import SessionError, SessionState
-from service.sessions.whatsapp.threads import BlockingCalls
+from service.sessions.whatsapp import codec
+from service.sessions.whatsapp import link as whatsapp_link
+from service.sessions.whatsapp.devices import DeviceBook
 from service.sessions.whatsapp.ffi import LinkCallbacks, NeonizeFFI
+from service.sessions.whatsapp.guard import GuardedFFI
+from service.sessions.whatsapp.probe import probe_path
+from service.sessions.whatsapp.session import Backoff, WhatsAppOptions, WhatsAppSession
 from service.sessions.whatsapp.standin import StandInFFI
-from service.sessions.whatsapp.session import Backoff, WhatsAppSession
+from service.sessions.whatsapp.threads import BlockingCalls
 from service.settings import FIELDS, Field, Settings
-from tests.conftest import ACME_TOKEN, GatewayFactory, Harness, gateway_config, visibility
-from tests.loopback_proxy import RecordingProxy
+from tests.conftest import ACME_TOKEN, Harness, gateway_config, visibility
+from tests.loopback_proxy import Dial, RecordingProxy
 
 CLOSED_SOCKS = "socks5://127.0.0.1:1"
 CLOSED_HTTP = "http://127.0.0.1:1"
@@ -92,21 +112,99 @@ NEONIZE_FIELD = {
 }
 
 
-def whatsapp_instance(name: str, proxy: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "account": "acme", "session": "whatsapp", "proxy": proxy, **extra}
+#: The device the stores made here hold (an AD-JID, as whatsmeow keeps it).
+DEVICE_JID = "5511999999999:1@s.whatsapp.net"
+_schema_stores = itertools.count()
+
+
+def whatsapp_instance(
+    name: str, proxy: str, store: Path | None = None, **extra: Any
+) -> dict[str, Any]:
+    table = {"name": name, "account": "acme", "session": "whatsapp", "proxy": proxy, **extra}
+    if store is not None:
+        table["store"] = str(store)
+    return table
+
+
+def store_with_device(path: Path) -> Path:
+    """A SQLite file whose ``whatsmeow_device`` table holds one row, and nothing else.
+
+    Enough for the gateway to count the instance as paired and dial it
+    (``devices.sqlite_store_has_device``), not for whatsmeow: were neonize called, its upgrade
+    would fail ("table whatsmeow_device already exists"). For dials the probe stops first.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute("CREATE TABLE whatsmeow_device (jid TEXT PRIMARY KEY)")
+        connection.execute("INSERT INTO whatsmeow_device (jid) VALUES (?)", (DEVICE_JID,))
+        connection.commit()
+    return path
+
+
+def paired_store(path: Path) -> Path:
+    """A whatsmeow store holding one device that whatsmeow itself loads as paired, so neonize
+    dials it (``client.Connect``, main.go:1156-1161) rather than showing QR codes.
+
+    whatsmeow makes the schema: one ``Neonize`` call on the new file through a closed port (its
+    upgrade runs in ``getDB``, main.go:58-64; the dial then fails at once). The device row gets
+    random keys of the lengths the schema checks (store/sqlstore/upgrades/00-latest-schema.sql).
+    That call leaves one descriptor on the file open in this process: neonize never closes it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ffi = NeonizeFFI()
+    session_id = f"schema-{next(_schema_stores)}-{path.name}".encode()
+    result = connect_in_thread(ffi, session_id, path, CLOSED_HTTP)
+    assert result.startswith(DIAL_ERROR), result
+    ffi.stop(session_id)
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute(
+            "INSERT INTO whatsmeow_device (jid, registration_id, noise_key, identity_key, "
+            "signed_pre_key, signed_pre_key_id, signed_pre_key_sig, adv_key, adv_details, "
+            "adv_account_sig, adv_account_sig_key, adv_device_sig) "
+            "VALUES (?, 1, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
+            (
+                DEVICE_JID, os.urandom(32), os.urandom(32), os.urandom(32), os.urandom(64),
+                os.urandom(32), b"details", os.urandom(64), os.urandom(32), os.urandom(64),
+            ),
+        )  # fmt: skip
+        connection.commit()
+    return path
+
+
+class AnsweringProxy(RecordingProxy):
+    """A ``RecordingProxy`` that says yes: ``200`` to an HTTP CONNECT, success to a SOCKS5
+    connect. Then it forwards nothing and hangs up (or holds the connection, ``hold``), so the
+    gateway's probe passes and neonize's TLS handshake meets an EOF."""
+
+    @staticmethod
+    async def _read_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Dial:
+        dial = await RecordingProxy._read_http(reader, writer)
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await writer.drain()
+        return dial
+
+    @staticmethod
+    async def _read_socks5(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Dial:
+        dial = await RecordingProxy._read_socks5(reader, writer)
+        writer.write(b"\x05\x00\x00\x01" + bytes(6))  # succeeded, bound to 0.0.0.0:0
+        await writer.drain()
+        return dial
 
 
 StartGateway = Callable[..., Awaitable[Harness]]
 
 
 @pytest.fixture
-async def start_gateway(make_gateway: GatewayFactory, tmp_path: Path) -> AsyncIterator[Any]:
+async def start_gateway(tmp_path: Path) -> AsyncIterator[Any]:
     """Starts a gateway with the conftest's simulated instances plus the given WhatsApp ones.
 
-    Sessions are started (conftest's fixture only builds them) and closed at the end; leftover
-    connection threads are waited for while the event loop still runs, since they report to it.
+    Built and started as conftest's ``make_gateway`` does, but closed here with
+    ``_close_for_teardown``: a test that closed the gateway itself meets a second close at
+    teardown, which must not hide the test's own result (a second close can raise, see
+    ``test_a_second_close_after_a_given_up_dial_returns``). Leftover connection threads are
+    waited for while the event loop still runs, since they report to it.
     """
-    started: list[Gateway] = []
+    started: list[Harness] = []
     names: list[str] = []
 
     async def start(*instances: dict[str, Any], **overrides: Any) -> Harness:
@@ -118,13 +216,19 @@ async def start_gateway(make_gateway: GatewayFactory, tmp_path: Path) -> AsyncIt
             "instances": [*gateway_config()["instances"], *instances],
             **overrides,
         }
-        harness: Harness = await make_gateway(**config)  # built and started
-        started.append(harness.gateway)
+        gateway = build_gateway(from_mapping(gateway_config(**config), env={}))
+        await gateway.start()
+        server = await start_server(gateway, "127.0.0.1:0")
+        channel = aio.insecure_channel(f"127.0.0.1:{server.port}")
+        harness = Harness(gateway, server, channel, pb_grpc.PrivacyServiceStub(channel))
+        started.append(harness)
         return harness
 
     yield start
-    for gateway in started:
-        await _close_for_teardown(gateway)
+    for harness in started:
+        await harness.channel.close()
+        await harness.server.stop(None)
+        await _close_for_teardown(harness.gateway)
     # Not an assertion either: a connection thread still reports to this loop when it ends.
     for _ in range(150):
         if not _connection_threads(*names):
@@ -146,9 +250,10 @@ async def _close_for_teardown(gateway: Gateway) -> None:
 
 
 def _connection_threads(*instances: str) -> list[threading.Thread]:
-    """The live connection threads (``whatsapp-<instance>``) of these instances."""
-    names = {f"whatsapp-{name}" for name in instances}
-    return [t for t in threading.enumerate() if t.name in names]
+    """The live connection threads of these instances (``whatsapp-<instance>#<n>``, one per
+    ``Neonize`` call, ``link``)."""
+    prefixes = tuple(f"whatsapp-{name}#" for name in instances)
+    return [t for t in threading.enumerate() if t.name.startswith(prefixes)]
 
 
 def instance_stub(harness: Harness) -> ipb_grpc.InstanceServiceStub:
@@ -208,14 +313,16 @@ def assert_not_connected(error: aio.AioRpcError) -> None:
 # -- 1. a failing dial leaves the gateway serving ---------------------------------------------
 
 
-async def test_failed_dial_leaves_the_gateway_serving(start_gateway: StartGateway) -> None:
-    harness = await start_gateway(whatsapp_instance("wa", CLOSED_SOCKS))
+async def test_failed_dial_leaves_the_gateway_serving(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    store = store_with_device(tmp_path / "stores" / "wa.db")
+    harness = await start_gateway(whatsapp_instance("wa", CLOSED_SOCKS, store))
 
     instance = await wait_for_state(harness, "wa", ipb.INSTANCE_STATE_DISCONNECTED)
     assert instance.kind == ipb.SESSION_KIND_WHATSAPP
-    assert DIAL_ERROR in instance.last_error
-    assert "127.0.0.1:1" in instance.last_error
-    assert "connection refused" in instance.last_error
+    # The gateway's probe found the proxy closed (so neonize was never asked to dial).
+    assert instance.last_error.startswith(f"{DIAL_ERROR}: proxy 127.0.0.1:1: "), instance
     assert instance.jid == ""
 
     # The simulated instance beside it is served as before.
@@ -252,14 +359,27 @@ async def test_failed_dial_leaves_the_gateway_serving(start_gateway: StartGatewa
 
     # Still retrying, still failing the same way, and the simulated instance is untouched by it.
     again = await wait_for_state(harness, "wa", ipb.INSTANCE_STATE_DISCONNECTED)
-    assert DIAL_ERROR in again.last_error
+    assert again.last_error.startswith(f"{DIAL_ERROR}: proxy 127.0.0.1:1: ")
     assert (await harness.get()).get(Field.LAST_SEEN) == "none"
+
+
+async def test_an_unpaired_store_is_never_dialled(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    """No device in the store: the instance waits for PairInstance, and nothing is dialled."""
+    async with RecordingProxy("http") as proxy:
+        harness = await start_gateway(whatsapp_instance("wa-unpaired", proxy.url))
+        instance = await wait_for_state(harness, "wa-unpaired", ipb.INSTANCE_STATE_NOT_PAIRED)
+        await asyncio.sleep(0.3)  # three backoffs of the fixture's 0.1 s
+        assert proxy.dials == []
+    assert instance.last_error == ""
+    assert not _connection_threads("wa-unpaired")
 
 
 # -- 2. neonize's replies, parsed ------------------------------------------------------------
 
 
-def _no_op_callbacks() -> LinkCallbacks:
+def no_op_callbacks() -> LinkCallbacks:
     return LinkCallbacks(
         on_qr=lambda _code: None,
         on_login_status=lambda _status: None,
@@ -268,18 +388,29 @@ def _no_op_callbacks() -> LinkCallbacks:
     )
 
 
-def _connect_in_thread(
-    ffi: NeonizeFFI, session_id: bytes, store: Path, proxy: str, timeout: float = 3.0
+def connect_in_thread(
+    ffi: NeonizeFFI,
+    session_id: bytes,
+    store: Path,
+    proxy: str,
+    *,
+    callbacks: LinkCallbacks | None = None,
+    log_level: str = "info",
+    timeout: float = 3.0,
 ) -> str:
     """Runs ``connect`` on a thread as the gateway does; its result, which must come in time."""
     result: list[str] = []
-    thread = threading.Thread(
-        target=lambda: result.append(
-            ffi.connect(session_id, str(store), proxy, _no_op_callbacks())
-        ),
-        name="test-connect",
-        daemon=True,
-    )
+
+    def run() -> None:
+        calls = callbacks or no_op_callbacks()
+        store_name = str(store)
+        result.append(
+            ffi.connect(
+                session_id, store_name, jid=b"", proxy=proxy, callbacks=calls, log_level=log_level
+            )
+        )
+
+    thread = threading.Thread(target=run, name="test-connect", daemon=True)
     started = time.monotonic()
     thread.start()
     thread.join(timeout)
@@ -296,7 +427,8 @@ def test_replies_of_a_session_that_never_connected() -> None:
     assert refused.value.reason == "client is nil"
     assert refused.value.connection_lost is True
 
-    assert codec.parse_settings(ffi.get_privacy_settings(b"never-connected")) is None
+    # whatsmeow's empty struct: every field UNDEFINED, so the gateway knows none of them.
+    assert codec.parse_settings(ffi.get_privacy_settings(b"never-connected")) == Settings()
     raw = npb.PrivacySettings.FromString(ffi.get_privacy_settings(b"never-connected"))
     assert all(
         getattr(raw, name) == npb.PrivacySettings.UNDEFINED for name in NEONIZE_FIELD.values()
@@ -307,7 +439,7 @@ def test_set_after_a_failed_dial_is_not_connected(tmp_path: Path) -> None:
     ffi = NeonizeFFI()
     session_id = b"ffi-failed-dial"
     try:
-        error = _connect_in_thread(ffi, session_id, tmp_path / "ffi.db", CLOSED_SOCKS)
+        error = connect_in_thread(ffi, session_id, tmp_path / "ffi.db", CLOSED_SOCKS)
         assert error.startswith(DIAL_ERROR), error
         assert "socks connect tcp 127.0.0.1:1->web.whatsapp.com:443" in error
         assert error.endswith("connect: connection refused"), error
@@ -318,7 +450,7 @@ def test_set_after_a_failed_dial_is_not_connected(tmp_path: Path) -> None:
         assert refused.value.connection_lost is True
 
         # The same over HTTP: the proxy's own error, and again nothing sent.
-        error = _connect_in_thread(ffi, session_id, tmp_path / "ffi.db", CLOSED_HTTP)
+        error = connect_in_thread(ffi, session_id, tmp_path / "ffi.db", CLOSED_HTTP)
         assert error.startswith(DIAL_ERROR), error
         assert "proxyconnect tcp: dial tcp 127.0.0.1:1: connect: connection refused" in error
     finally:
@@ -328,12 +460,14 @@ def test_set_after_a_failed_dial_is_not_connected(tmp_path: Path) -> None:
         codec.parse_set_reply(ffi.set_privacy_setting(session_id, "last", "none"))
 
 
-def _run_probe(probe: str, *args: str) -> list[dict[str, Any]]:
-    """Runs ``probe`` (a function of this module) in a child process; the steps it reported.
+def _run_in_child(function: str, *args: str) -> list[dict[str, Any]]:
+    """Runs ``function`` (of this module) in a child process; the steps it reported.
 
     A child that dies (a Go SIGSEGV or fatal error) fails the test with the start of its stderr.
     """
-    code = f"import sys; from tests.test_whatsapp_offline import {probe}; {probe}(*sys.argv[1:])"
+    code = (
+        f"import sys; from tests.test_whatsapp_offline import {function}; {function}(*sys.argv[1:])"
+    )
     child = subprocess.run(
         [sys.executable, "-c", code, *args],
         cwd=ROOT,
@@ -356,37 +490,44 @@ def _report(step: str, **data: Any) -> None:
     print(json.dumps({"step": step, **data}), flush=True)
 
 
-def probe_get_after_failed_dial(store: str) -> None:
+def child_get_after_failed_dial(store: str) -> None:
     """Child process: GetPrivacySettings on a client whose dial failed."""
     ffi = NeonizeFFI()
-    session_id = b"probe-get"
-    result = ffi.connect(session_id, store, CLOSED_SOCKS, _no_op_callbacks())
+    session_id = b"child-get"
+    result = ffi.connect(
+        session_id, store, jid=b"", proxy=CLOSED_SOCKS, callbacks=no_op_callbacks(),
+        log_level="info",
+    )  # fmt: skip
     _report("connected", result=result)
-    reply = ffi.get_privacy_settings(session_id)
-    _report("read", unknown=codec.parse_settings(reply) is None)
+    settings = codec.parse_settings(ffi.get_privacy_settings(session_id))
+    _report("read", unknown=not settings, settings=repr(settings))
     ffi.stop(session_id)
     _report("stopped")
 
 
 def test_settings_after_a_failed_dial_are_unknown(tmp_path: Path) -> None:
-    steps = _run_probe("probe_get_after_failed_dial", str(tmp_path / "probe.db"))
+    steps = _run_in_child("child_get_after_failed_dial", str(tmp_path / "child.db"))
     assert [s["step"] for s in steps] == ["connected", "read", "stopped"]
     assert steps[0]["result"].startswith(DIAL_ERROR)
-    assert steps[1]["unknown"] is True
+    assert steps[1]["unknown"] is True, steps[1]["settings"]
 
 
-def probe_read_settings_of_a_disconnected_session(store: str) -> None:
-    """Child process: ``WhatsAppSession.read_settings`` while its dial keeps failing."""
+def child_read_settings_of_a_disconnected_session(store: str, probe: str) -> None:
+    """Child process: ``WhatsAppSession.read_settings`` while its dial keeps failing, as the
+    gateway builds the session (``probe`` "probe": the gateway's probe fails first) or with
+    neonize's own dial failing (``probe`` "no-probe")."""
 
     async def main() -> None:
         blocking = BlockingCalls(2)
         session = WhatsAppSession(
-            "probe-read",
-            NeonizeFFI(),
+            "child-read",
+            GuardedFFI(NeonizeFFI()),
             store=store,
             proxy=CLOSED_SOCKS,
             blocking=blocking,
-            backoff=Backoff(30, 30),
+            devices=DeviceBook(Path(store).parent / "devices.json"),
+            probe=probe_path if probe == "probe" else None,
+            options=WhatsAppOptions(backoff=Backoff(30, 30)),
         )
         await session.start()
         await wait_until(
@@ -406,10 +547,17 @@ def probe_read_settings_of_a_disconnected_session(store: str) -> None:
     asyncio.run(main())
 
 
-def test_read_settings_of_a_disconnected_session_raises(tmp_path: Path) -> None:
-    steps = _run_probe("probe_read_settings_of_a_disconnected_session", str(tmp_path / "s.db"))
+@pytest.mark.parametrize("probe", ["probe", "no-probe"])
+def test_read_settings_of_a_disconnected_session_raises(tmp_path: Path, probe: str) -> None:
+    store = paired_store(tmp_path / "s.db")
+    steps = _run_in_child("child_read_settings_of_a_disconnected_session", str(store), probe)
     assert [s["step"] for s in steps] == ["disconnected", "read", "closed"]
-    assert DIAL_ERROR in steps[0]["error"]
+    error = steps[0]["error"]
+    assert error.startswith(DIAL_ERROR), error
+    if probe == "probe":
+        assert error.startswith(f"{DIAL_ERROR}: proxy 127.0.0.1:1: "), error
+    else:  # neonize dialled the paired device itself
+        assert "socks connect tcp 127.0.0.1:1->web.whatsapp.com:443" in error, error
     read = steps[1]
     assert read["raised"] is True, f"read_settings returned {read.get('settings')}"
     assert read["lost"] is True
@@ -419,15 +567,16 @@ def test_read_settings_of_a_disconnected_session_raises(tmp_path: Path) -> None:
 
 
 class RecordingFFI:
-    """A ``WhatsAppFFI`` that records every set before handing it to the stand-in."""
+    """A ``WhatsAppFFI`` that records every set (and stop) before handing it to the stand-in."""
 
     def __init__(self, inner: StandInFFI) -> None:
         self.inner = inner
+        self.qr_lifetimes = inner.qr_lifetimes
         self.sent: list[tuple[str, str]] = []
         self.stopped: list[bytes] = []
 
-    def connect(self, session_id: bytes, store: str, proxy: str | None, callbacks: Any) -> str:
-        return self.inner.connect(session_id, store, proxy, callbacks)
+    def connect(self, session_id: bytes, store: str, **options: Any) -> str:
+        return self.inner.connect(session_id, store, **options)
 
     def set_privacy_setting(self, session_id: bytes, category: str, value: str) -> bytes:
         self.sent.append((category, value))
@@ -444,14 +593,28 @@ class RecordingFFI:
         self.inner.stop(session_id)
 
 
+def standin_session(
+    name: str, ffi: RecordingFFI, tmp_path: Path, blocking: BlockingCalls
+) -> WhatsAppSession:
+    """A session on the stand-in, whose store holds ``name``'s linked device, guarded as the
+    gateway guards neonize (the stand-in aborts on an unguarded overlap, as Go does)."""
+    store = tmp_path / f"{name}.db"
+    ffi.inner.link_account(name, "1@s.whatsapp.net", store=str(store))
+    return WhatsAppSession(
+        name,
+        GuardedFFI(ffi),
+        store=str(store),
+        proxy=CLOSED_SOCKS,
+        blocking=blocking,
+        devices=DeviceBook(tmp_path / "devices.json"),
+    )
+
+
 async def test_the_session_sends_whatsmeows_strings(tmp_path: Path) -> None:
     standin = StandInFFI(latency=0)
-    standin.account(b"name").jid = "1@s.whatsapp.net"
     ffi = RecordingFFI(standin)
     blocking = BlockingCalls(2)
-    session = WhatsAppSession(
-        "name", ffi, store=str(tmp_path / "name.db"), proxy=CLOSED_SOCKS, blocking=blocking
-    )
+    session = standin_session("name", ffi, tmp_path, blocking)
     await session.start()
     try:
         await wait_until(lambda: session.connected, 3, "the stand-in session to connect")
@@ -466,8 +629,9 @@ async def test_the_session_sends_whatsmeows_strings(tmp_path: Path) -> None:
         # it only has to let go of the stand-in's connection thread, whatever close does.
         with contextlib.suppress(asyncio.CancelledError):
             await session.close()
-        standin.stop(b"name")
+        standin.shutdown()
         blocking.shutdown()
+    assert not standin.runtime.fatal, standin.runtime.fatal
 
     assert ffi.sent == expected
     for category, value in ffi.sent:
@@ -531,14 +695,22 @@ def test_settings_round_trip_through_neonizes_enum() -> None:
             assert member == NEONIZE_ENUM_MEMBER[value]
             assert codec.settings_from_neonize(encoded) == Settings(values)
 
-    # One field unknown means the settings are unknown, never a partial snapshot.
+    # One field unknown (UNDEFINED) is just missing: the others are still known.
     for field in Field:
-        partial = _neonize_message({f: v for f, v in base.items() if f is not field})
+        others = {f: v for f, v in base.items() if f is not field}
+        partial = _neonize_message(others)
         setattr(partial, NEONIZE_FIELD[field], npb.PrivacySettings.UNDEFINED)
-        assert codec.settings_from_neonize(partial) is None, field
+        parsed = codec.settings_from_neonize(partial)
+        assert parsed == Settings(others), field
+        assert field not in parsed
     # A value neonize's enum knows but the field does not take (calladd: contacts) is unknown too.
-    odd = _neonize_message({**base, Field.CALL_ADD: "contacts"})
-    assert codec.settings_from_neonize(odd) is None
+    odd = codec.settings_from_neonize(_neonize_message({**base, Field.CALL_ADD: "contacts"}))
+    assert Field.CALL_ADD not in odd
+    assert odd == Settings({f: v for f, v in base.items() if f is not Field.CALL_ADD})
+    # And a settings object with none known encodes as all UNDEFINED, and reads back empty.
+    empty = npb.PrivacySettings.FromString(codec.settings_to_neonize(Settings()))
+    assert all(getattr(empty, n) == npb.PrivacySettings.UNDEFINED for n in NEONIZE_FIELD.values())
+    assert codec.settings_from_neonize(empty) == Settings()
 
 
 # -- 4. pairing with no network ----------------------------------------------------------------
@@ -546,7 +718,8 @@ def test_settings_round_trip_through_neonizes_enum() -> None:
 
 async def test_pair_without_network_fails_fast(start_gateway: StartGateway) -> None:
     harness = await start_gateway(whatsapp_instance("wa-pair", CLOSED_SOCKS))
-    await wait_for_state(harness, "wa-pair", ipb.INSTANCE_STATE_DISCONNECTED)
+    # An unpaired store is not dialled until PairInstance asks.
+    await wait_for_state(harness, "wa-pair", ipb.INSTANCE_STATE_NOT_PAIRED)
 
     started = time.monotonic()
     call = instance_stub(harness).PairInstance(
@@ -563,15 +736,26 @@ async def test_pair_without_network_fails_fast(start_gateway: StartGateway) -> N
     assert "127.0.0.1:1" in details
     assert elapsed < 5, f"PairInstance took {elapsed:.1f} s to fail"
 
-    instance = await wait_for_state(harness, "wa-pair", ipb.INSTANCE_STATE_DISCONNECTED)
+    # Back to waiting for a pairing (there is still no device to dial), the failure shown.
+    instance = await wait_for_state(harness, "wa-pair", ipb.INSTANCE_STATE_NOT_PAIRED)
     assert DIAL_ERROR in instance.last_error
+    assert not _connection_threads("wa-pair"), "neonize was asked to dial a closed port"
 
 
-async def test_failed_pairing_returns_to_the_backoff(start_gateway: StartGateway) -> None:
-    """After PairInstance fails, nobody is pairing: no dial as PAIRING, none before the backoff."""
+async def test_failed_pairing_returns_to_the_backoff(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    """After PairInstance fails, nobody is pairing: no dial as PAIRING, none before the backoff.
+
+    A dial here is the gateway's probe (the recording proxy never answers its CONNECT, so
+    neonize is not called): one from the supervisor, one for the pairing, then none for 30 s.
+    """
+    store = store_with_device(tmp_path / "stores" / "wa-backoff.db")
     async with RecordingProxy("http") as proxy:
         harness = await start_gateway(
-            whatsapp_instance("wa-backoff", proxy.url), reconnect_initial_seconds=30
+            whatsapp_instance("wa-backoff", proxy.url, store),
+            reconnect_initial_seconds=30,
+            reconnect_max_seconds=30,
         )
         await wait_for_state(harness, "wa-backoff", ipb.INSTANCE_STATE_DISCONNECTED)
         assert len(proxy.dials) == 1
@@ -596,41 +780,68 @@ async def test_failed_pairing_returns_to_the_backoff(start_gateway: StartGateway
             f"{len(proxy.dials)} dials: the session dialed again at once after the failed "
             "pairing instead of waiting out its 30 s backoff"
         )
+    assert not _connection_threads("wa-backoff")
 
 
 # -- 5. the proxy is used, and resolves the name ---------------------------------------------
 
 
-async def test_http_proxy_gets_connect_to_whatsapp(start_gateway: StartGateway) -> None:
-    async with RecordingProxy("http") as proxy:
-        await start_gateway(whatsapp_instance("wa-http", proxy.url))
-        dial = (await proxy.wait_for_dials(1))[0]
-    assert dial.request_line == "CONNECT web.whatsapp.com:443 HTTP/1.1"
-    assert dial.headers["host"] == "web.whatsapp.com:443"
+async def test_http_proxy_gets_connect_to_whatsapp(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    store = paired_store(tmp_path / "stores" / "wa-http.db")
+    async with AnsweringProxy("http") as proxy:
+        harness = await start_gateway(whatsapp_instance("wa-http", proxy.url, store))
+        probe, dial = (await proxy.wait_for_dials(2))[:2]
+        instance = await wait_for_state(harness, "wa-http", ipb.INSTANCE_STATE_DISCONNECTED)
+    # The gateway's probe first, then neonize's own (Go's net/http names itself).
+    for seen in (probe, dial):
+        assert seen.request_line == "CONNECT web.whatsapp.com:443 HTTP/1.1"
+        assert seen.headers["host"] == "web.whatsapp.com:443"
+    assert "user-agent" not in probe.headers
+    assert dial.headers["user-agent"].startswith("Go-http-client/")
+    # The error is neonize's: its TLS handshake met the proxy hanging up.
+    assert instance.last_error.startswith(DIAL_ERROR), instance.last_error
+    assert 'Get "https://web.whatsapp.com/ws/chat"' in instance.last_error
 
 
-async def test_socks5_proxy_gets_the_domain_name(start_gateway: StartGateway) -> None:
-    async with RecordingProxy("socks5") as proxy:
-        await start_gateway(whatsapp_instance("wa-socks", proxy.url))
-        dial = (await proxy.wait_for_dials(1))[0]
-    version, methods, *offered = dial.head
-    assert version == 5
-    assert len(offered) == methods
-    assert 0 in offered, "no-authentication offered"
-    assert dial.command == 1, "CONNECT"
-    assert dial.address_type == 3, "a domain name, for the proxy to resolve"
-    assert (dial.host, dial.port) == ("web.whatsapp.com", 443)
+async def test_socks5_proxy_gets_the_domain_name(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    store = paired_store(tmp_path / "stores" / "wa-socks.db")
+    async with AnsweringProxy("socks5") as proxy:
+        harness = await start_gateway(whatsapp_instance("wa-socks", proxy.url, store))
+        dials = (await proxy.wait_for_dials(2))[:2]
+        instance = await wait_for_state(harness, "wa-socks", ipb.INSTANCE_STATE_DISCONNECTED)
+    # The gateway's probe, then neonize's dial: both let the proxy resolve the name.
+    for dial in dials:
+        version, methods, *offered = dial.head
+        assert version == 5
+        assert len(offered) == methods
+        assert 0 in offered, "no-authentication offered"
+        assert dial.command == 1, "CONNECT"
+        assert dial.address_type == 3, "a domain name, for the proxy to resolve"
+        assert (dial.host, dial.port) == ("web.whatsapp.com", 443)
+    assert instance.last_error.startswith(DIAL_ERROR), instance.last_error
+    assert 'Get "https://web.whatsapp.com/ws/chat"' in instance.last_error, "not neonize's"
 
 
 # -- 6. shutdown ------------------------------------------------------------------------------
 
 
-async def test_close_with_failing_dials_is_quick(start_gateway: StartGateway) -> None:
+async def test_close_with_failing_dials_is_quick(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
     # A long backoff: close must cancel the wait for the next dial, not sit it out.
     harness = await start_gateway(
-        whatsapp_instance("wa-close-socks", CLOSED_SOCKS),
-        whatsapp_instance("wa-close-http", CLOSED_HTTP),
+        whatsapp_instance(
+            "wa-close-socks", CLOSED_SOCKS, store_with_device(tmp_path / "s" / "socks.db")
+        ),
+        whatsapp_instance(
+            "wa-close-http", CLOSED_HTTP, store_with_device(tmp_path / "s" / "http.db")
+        ),
         reconnect_initial_seconds=30,
+        reconnect_max_seconds=30,
     )
     for name in ("wa-close-socks", "wa-close-http"):
         await wait_for_state(harness, name, ipb.INSTANCE_STATE_DISCONNECTED)
@@ -651,25 +862,25 @@ async def test_close_with_failing_dials_is_quick(start_gateway: StartGateway) ->
 
 
 async def test_close_during_a_dial_returns_in_time(
-    start_gateway: StartGateway, monkeypatch: pytest.MonkeyPatch
+    start_gateway: StartGateway, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """A dial stuck on a proxy that never answers must not hold shutdown past STOP_TIMEOUT."""
-    monkeypatch.setattr(whatsapp, "STOP_TIMEOUT", 0.5)
-    async with RecordingProxy("http", hold=True) as proxy:
-        harness = await start_gateway(whatsapp_instance("wa-stuck", proxy.url))
-        await proxy.wait_for_dials(1)
+    """A dial stuck on a proxy that never finishes must not hold shutdown (a dialing link is
+    not stopped at all, ``link``; its thread is a daemon)."""
+    monkeypatch.setattr(whatsapp_link, "STOP_TIMEOUT", 0.5)
+    store = paired_store(tmp_path / "stores" / "wa-stuck.db")
+    async with AnsweringProxy("http", hold=True) as proxy:
+        harness = await start_gateway(whatsapp_instance("wa-stuck", proxy.url, store))
+        # The probe's CONNECT is answered; neonize's is answered and then held, mid-TLS.
+        await proxy.wait_for_dials(2)
         stuck = _connection_threads("wa-stuck")
-        assert [t.name for t in stuck] == ["whatsapp-wa-stuck"]
+        assert [t.name for t in stuck] == ["whatsapp-wa-stuck#1"]
         assert all(t.daemon for t in stuck), "a stuck dial must not keep the process alive"
 
         started = time.monotonic()
         try:
             await asyncio.wait_for(harness.gateway.close(), 3)
         except asyncio.CancelledError:
-            pytest.fail(
-                "gateway.close() raised CancelledError during a dial: it cancels the supervisor "
-                "first, which cancels link.returned, so Link.stop skips ffi.stop and re-raises"
-            )
+            pytest.fail("gateway.close() raised CancelledError during a dial")
         except TimeoutError:
             pytest.fail("gateway.close() did not return within 3 s of a stuck dial")
         assert time.monotonic() - started < 2
@@ -678,31 +889,43 @@ async def test_close_during_a_dial_returns_in_time(
         await wait_until(lambda: not stuck[0].is_alive(), 3, "the released dial's thread to end")
 
 
+async def test_a_second_close_after_a_given_up_dial_returns(
+    start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    """close() gives a dialing link up; once its dial has failed, closing again is a no-op."""
+    store = paired_store(tmp_path / "stores" / "wa-twice.db")
+    async with AnsweringProxy("http", hold=True) as proxy:
+        harness = await start_gateway(whatsapp_instance("wa-twice", proxy.url, store))
+        await proxy.wait_for_dials(2)
+        stuck = _connection_threads("wa-twice")
+        assert len(stuck) == 1
+        await asyncio.wait_for(harness.gateway.close(), 3)
+        proxy.release()
+        await wait_until(lambda: not stuck[0].is_alive(), 3, "the released dial's thread to end")
+    await asyncio.wait_for(harness.gateway.close(), 3)
+
+
 async def test_close_stops_a_live_connection(tmp_path: Path) -> None:
     """Closing a connected session ends its connection (neonize's Stop) and returns normally."""
     standin = StandInFFI(latency=0)
-    standin.account(b"live").jid = "1@s.whatsapp.net"
     ffi = RecordingFFI(standin)
     blocking = BlockingCalls(2)
-    session = WhatsAppSession(
-        "live", ffi, store=str(tmp_path / "live.db"), proxy=CLOSED_SOCKS, blocking=blocking
-    )
+    session = standin_session("live", ffi, tmp_path, blocking)
     await session.start()
     try:
         await wait_until(lambda: session.connected, 3, "the stand-in session to connect")
         connection = _connection_threads("live")
-        assert len(connection) == 1
+        assert [t.name for t in connection] == ["whatsapp-live#1"]
         try:
             await asyncio.wait_for(session.close(), 3)
         except asyncio.CancelledError:
             pytest.fail(
                 "WhatsAppSession.close() raised CancelledError and never called ffi.stop "
-                f"(stop calls: {ffi.stopped}): cancelling the supervisor cancels the "
-                "link.returned future it awaits, so Link.stop sees it done, skips stop, and "
-                "then re-raises the cancellation"
+                f"(stop calls: {ffi.stopped})"
             )
-        assert ffi.stopped == [b"live"]
+        assert ffi.stopped == [b"live#1"]
         await wait_until(lambda: not connection[0].is_alive(), 2, "the connection's thread to end")
     finally:
-        standin.stop(b"live")  # lets the stand-in's connection end if close did not
+        standin.shutdown()  # lets the stand-in's connection end if close did not
         blocking.shutdown()
+    assert not standin.runtime.fatal, standin.runtime.fatal

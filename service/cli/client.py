@@ -26,6 +26,10 @@ _STATE_WORDS = {
     "UNCHANGED": "unchanged (already set, no stanza)",
     "FAILED": "FAILED",
     "NOT_ATTEMPTED": "not attempted",
+    "RESTORE_STARTED": "restoring",
+    "RESTORED": "restored",
+    "RESTORE_FAILED": "RESTORE FAILED",
+    "UNCONFIRMED": "UNCONFIRMED (sent, answer lost)",
 }
 
 
@@ -142,14 +146,17 @@ def instances(args: argparse.Namespace) -> int:
             )
         except grpc.RpcError as error:
             return _report(error)
-    print(f"{'instance':<16} {'account':<12} {'kind':<10} {'state':<13} {'since':<20} detail")
+    print(f"{'instance':<16} {'account':<12} {'kind':<10} {'state':<15} {'since':<20} detail")
     for item in response.instances:
         kind = instance_pb.SessionKind.Name(item.kind).removeprefix("SESSION_KIND_").lower()
         state = instance_pb.InstanceState.Name(item.state).removeprefix("INSTANCE_STATE_")
         since = item.state_since.ToDatetime(tzinfo=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
         connected = item.state == instance_pb.INSTANCE_STATE_CONNECTED
         detail = item.jid if connected or not item.last_error else item.last_error
-        print(f"{item.name:<16} {item.account:<12} {kind:<10} {state:<13} {since:<20} {detail}")
+        if item.HasField("retry_time"):
+            retry = item.retry_time.ToDatetime(tzinfo=UTC).astimezone()
+            detail += f" (next attempt {retry:%Y-%m-%d %H:%M:%S})"
+        print(f"{item.name:<16} {item.account:<12} {kind:<10} {state:<15} {since:<20} {detail}")
     return 0
 
 

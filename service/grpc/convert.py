@@ -144,8 +144,10 @@ def _build_field_value(field: Field, value: str) -> settings_pb.FieldValue:
 
 
 #: Every (field, value) as a ``FieldValue``, built once: every event carries two.
+#: An unknown value ("", a field WhatsApp did not report) is the empty ``FieldValue``.
 _FIELD_VALUES: Mapping[tuple[Field, str], settings_pb.FieldValue] = {
-    (s.field, v): _build_field_value(s.field, v) for s in FIELDS for v in s.values
+    **{(s.field, v): _build_field_value(s.field, v) for s in FIELDS for v in s.values},
+    **{(s.field, ""): settings_pb.FieldValue() for s in FIELDS},
 }
 
 
@@ -229,6 +231,8 @@ def instance_to_proto(instance: Instance) -> instance_pb.Instance:
         jid=status.jid,
     )
     message.state_since.FromNanoseconds(round(status.since * 1e9))
+    if status.retry_at is not None:
+        message.retry_time.FromNanoseconds(round(status.retry_at * 1e9))
     return message
 
 

@@ -60,10 +60,14 @@ _FIELD_OUTCOME = {
                 "NOT_ATTEMPTED",
                 "RESTORED",
                 "RESTORE_FAILED",
+                "UNCONFIRMED",
             ],
         },
         "value": {"type": "string"},
-        "previous": {"type": "string"},
+        "previous": {
+            "type": "string",
+            "description": "the value before the update; empty when WhatsApp had not reported it",
+        },
         "elapsedMs": {"type": "number", "description": "the stanza's round trip"},
         "error": {"type": "string"},
     },
@@ -100,7 +104,10 @@ _COMMON_ERRORS = {
     "403": _error_response("The token may not act on this instance."),
     "404": _error_response("No instance of that name."),
     "429": {
-        **_error_response("Rate limit exceeded; `Retry-After` says when to come back."),
+        **_error_response(
+            "Rate limit exceeded (the gateway's, or WhatsApp's own during an update: reason "
+            "`WHATSAPP_RATE_LIMITED`); `Retry-After` says when to come back."
+        ),
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
     "503": _error_response("WhatsApp's current settings could not be read."),
@@ -254,7 +261,9 @@ def openapi_document() -> dict[str, Any]:
                         "415": _error_response("Content-Type is not application/json."),
                         "500": _error_response(
                             "`failed to update <field> privacy: <reason>`; the fields before it "
-                            "stay applied (see `settings` and `fields`)."
+                            "stay applied (see `settings` and `fields`). A field whose stanza "
+                            "was sent but whose answer was lost is `UNCONFIRMED` (reason "
+                            "`STANZA_UNCONFIRMED`)."
                         ),
                         **_COMMON_ERRORS,
                     },

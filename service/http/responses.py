@@ -42,9 +42,10 @@ STATUS_BY_REASON = {
 
 
 def http_status(error: GatewayError) -> int:
-    # Every failure part-way through an update is the contract's 500, whatever stopped it.
+    # Every failure part-way through an update is the contract's 500, whatever stopped it, but
+    # WhatsApp's own rate limit, which a caller must back off from (429 with Retry-After).
     if isinstance(error, UpdateFailed):
-        return 500
+        return 429 if error.code is Code.RESOURCE_EXHAUSTED else 500
     return STATUS_BY_REASON.get(error.reason) or STATUS[error.code]
 
 

@@ -17,17 +17,50 @@ from typing import Protocol, runtime_checkable
 from service.settings import Field, Settings
 
 
-class SessionError(Exception):
-    """WhatsApp refused a stanza or it could not be sent.
+class StanzaFate(enum.Enum):
+    """What became of a stanza that did not come back with a success."""
 
-    ``connection_lost`` tells the caller that retrying after a reconnect may succeed, as opposed to
-    WhatsApp answering with an error.
+    #: It never left: the connection was down (``websocket not connected``, ``client is nil``).
+    NOT_SENT = "not_sent"
+    #: WhatsApp answered with an error (``info query returned status 4xx/5xx``): not applied.
+    REFUSED = "refused"
+    #: It was sent and its answer was lost (timed out, or the connection dropped first):
+    #: WhatsApp may have applied it.
+    UNCONFIRMED = "unconfirmed"
+
+
+class SessionError(Exception):
+    """A stanza that did not succeed, or settings that could not be read.
+
+    ``fate`` says whether WhatsApp may hold the change; ``status`` is WhatsApp's own error code
+    when it answered one (429 rate limit, 5xx its own trouble), and ``retry_after`` how long to
+    wait before trying again when that is known.
     """
 
-    def __init__(self, reason: str, *, connection_lost: bool = False) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        connection_lost: bool = False,
+        fate: StanzaFate | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.connection_lost = connection_lost
+        self.fate = fate or (StanzaFate.NOT_SENT if connection_lost else StanzaFate.REFUSED)
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def connection_lost(self) -> bool:
+        """Nothing reached WhatsApp because the connection was down; a retry after a reconnect
+        may succeed."""
+        return self.fate is StanzaFate.NOT_SENT
+
+    @property
+    def unconfirmed(self) -> bool:
+        return self.fate is StanzaFate.UNCONFIRMED
 
 
 class SessionState(enum.Enum):
@@ -37,6 +70,18 @@ class SessionState(enum.Enum):
     DISCONNECTED = "disconnected"
     LOGGED_OUT = "logged_out"
     PAIRING = "pairing"
+    #: Another client took the session (WhatsApp's stream error ``replaced``): not retried.
+    REPLACED = "replaced"
+    #: Temporarily banned by WhatsApp; retried once the ban expires (``SessionStatus.retry_at``).
+    BANNED = "banned"
+    #: WhatsApp refused this client's version (connect failure 405): not retried.
+    CLIENT_OUTDATED = "client_outdated"
+    #: Connected, but keepalive pings go unanswered: stanzas may time out.
+    DEGRADED = "degraded"
+
+
+#: The states in which stanzas are sent (a degraded connection may still carry them).
+SENDING_STATES = frozenset({SessionState.CONNECTED, SessionState.DEGRADED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +92,8 @@ class SessionStatus:
     since: float
     last_error: str = ""
     jid: str = ""
+    #: When the next connection attempt is due (a ``time.time()`` instant), if one is scheduled.
+    retry_at: float | None = None
 
 
 class ChangeSource(enum.Enum):
@@ -90,11 +137,18 @@ class Session(Protocol):
         ...
 
     async def read_settings(self) -> Settings:
-        """The complete settings as WhatsApp holds them.
+        """The settings as WhatsApp holds them.
 
-        Served from the session's cache when it has one; otherwise one stanza fetches them. Raises
-        ``SessionError`` when they cannot be known: a partial answer is never returned.
+        Served from the session's cache when it has one; otherwise one stanza fetches them. A
+        field WhatsApp did not report (or whose last stanza went unconfirmed) is missing from the
+        result, which is then not ``complete``; the other fields are still known. Raises
+        ``SessionError`` when nothing at all can be known.
         """
+        ...
+
+    async def confirm(self, field: Field) -> str | None:
+        """Re-reads ``field`` from WhatsApp itself (never a cache) after a stanza whose answer
+        was lost; None while that cannot be done."""
         ...
 
     async def set_setting(self, field: Field, value: str) -> Settings:
@@ -157,5 +211,7 @@ class ChangeNotifier:
                 listener(change)
 
 
-def status_now(state: SessionState, last_error: str = "", jid: str = "") -> SessionStatus:
-    return SessionStatus(state, time.time(), last_error, jid)
+def status_now(
+    state: SessionState, last_error: str = "", jid: str = "", retry_at: float | None = None
+) -> SessionStatus:
+    return SessionStatus(state, time.time(), last_error, jid, retry_at)

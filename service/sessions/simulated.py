@@ -20,8 +20,10 @@ from service.sessions.base import (
     SessionError,
     SessionState,
     SessionStatus,
+    StanzaFate,
     status_now,
 )
+from service.sessions.whatsapp.stanza_errors import stanza_error
 from service.settings import Field, Settings
 
 #: What a freshly registered WhatsApp account holds.
@@ -37,8 +39,10 @@ DEFAULT_SETTINGS = Settings(
     }
 )
 
-#: The error whatsmeow returns for a stanza sent without a websocket.
+#: The error whatsmeow returns for a stanza sent without a websocket (errors.go:22).
 NOT_CONNECTED_REASON = "websocket not connected"
+#: ... and for one whose answer never came (errors.go:21, request.go:180-181).
+LOST_ANSWER_REASON = "info query timed out"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,7 @@ class SimulatedSession:
         self._cache: Settings | None = None
         self._connected = connected
         self._field_faults: dict[Field, str] = {}
+        self._lost_answers: dict[Field, bool] = {}
         self._stanzas_before_drop: int | None = None
         self._notifier = ChangeNotifier()
         self._status = status_now(
@@ -110,15 +115,36 @@ class SimulatedSession:
             raise ValueError(f"{value!r} is not a value of {field.value}")
         await self.read_settings()
         await self._stanza(SentStanza(field.spec.category, value))
+        lost = self._lost_answers.pop(field, None)
+        if lost is not None:
+            # Sent, answer lost: WhatsApp may have applied it; the cache no longer knows.
+            if lost:
+                self.server_settings = self.server_settings.with_value(field, value)
+            assert self._cache is not None
+            self._cache = Settings({f: v for f, v in self._cache.items() if f is not field})
+            raise SessionError(LOST_ANSWER_REASON, fate=StanzaFate.UNCONFIRMED)
         reason = self._field_faults.get(field)
         if reason is not None:
-            raise SessionError(reason)
+            raise stanza_error(reason)
         self.server_settings = self.server_settings.with_value(field, value)
         self._cache = self.server_settings
         self._notifier.publish(self._cache, ChangeSource.GATEWAY)
         return self._cache
 
+    async def confirm(self, field: Field) -> str | None:
+        """One fetch stanza: WhatsApp's own value, which the cache takes."""
+        if not self._connected:
+            return None
+        await self._stanza(SentStanza(None, None))
+        self._cache = self.server_settings
+        return self.server_settings[field]
+
     # -- what tests and the demo control ---------------------------------------------------
+
+    def lose_answer(self, field: Field, *, applied: bool) -> None:
+        """The next set of ``field`` goes out but its answer is lost (``info query timed
+        out``); ``applied`` says whether WhatsApp applied it anyway."""
+        self._lost_answers[field] = applied
 
     @property
     def stanzas(self) -> int:

@@ -13,19 +13,10 @@ from typing import Any
 
 from neonize.proto import Neonize_pb2 as npb
 
-from service.sessions.base import SessionError
+from service.sessions.whatsapp.stanza_errors import stanza_error
 from service.settings import FIELDS, Field, Settings
 
 UNDEFINED = npb.PrivacySettings.UNDEFINED
-
-#: Errors whatsmeow and neonize give for a session that cannot send a stanza now.
-NOT_CONNECTED_ERRORS = (
-    "websocket not connected",
-    "client is nil",
-    "not connected",
-    "not logged in",
-    "the store doesn't contain a device JID",
-)
 
 
 def neonize_field(field: Field) -> str:
@@ -45,18 +36,21 @@ _NAMES = tuple((spec, neonize_field(spec.field)) for spec in FIELDS)
 _NUMBERS = {v: neonize_value(v) for spec in FIELDS for v in spec.values}
 
 
-def settings_from_neonize(message: Any) -> Settings | None:
-    """The settings in a neonize ``PrivacySettings``, or None when any field is unknown.
+def settings_from_neonize(message: Any) -> Settings:
+    """The fields a neonize ``PrivacySettings`` reports; a field it does not is left out.
 
-    whatsmeow answers an empty struct when it could not fetch the settings, which neonize
-    reports as UNDEFINED everywhere: that means "unknown", never the account's settings.
+    A field is unknown when it is UNDEFINED (whatsmeow answers an empty struct when it could not
+    fetch the settings, privacysettings.go:47-58) or holds a value outside the field table:
+    neonize encodes any value it does not map (``contact_allowlist``, ``on_standard``, ``off``,
+    or ``none`` for groupadd, which whatsmeow's types/user.go:144 allows) as 0, which Python
+    reads as UNDEFINED (goneonize/utils/encoder.go:474-505). One such field leaves the others
+    known.
     """
     values: dict[Field, str] = {}
     for spec, name in _NAMES:
         value = _VALUE_BY_NUMBER.get(getattr(message, name))
-        if value is None or value not in spec.values:
-            return None
-        values[spec.field] = value
+        if value is not None and value in spec.values:
+            values[spec.field] = value
     return Settings(values)
 
 
@@ -70,18 +64,19 @@ def settings_to_neonize(settings: Settings) -> bytes:
 
 
 def parse_set_reply(reply: bytes) -> Settings:
-    """The settings after a ``SetPrivacySetting``; raises ``SessionError`` with its error."""
+    """The settings after a ``SetPrivacySetting``; raises ``SessionError`` with its error.
+
+    On success whatsmeow returns its cache with the one field patched (privacysettings.go:63-105),
+    not a re-read; on an error, the zero struct (goneonize/main.go:1965-1974).
+    """
     message = npb.SetPrivacySettingReturnFunction.FromString(reply)
     if message.Error:
-        raise session_error(message.Error)
-    settings = settings_from_neonize(message.settings)
-    if settings is None:
-        raise SessionError("WhatsApp answered without the settings")
-    return settings
+        raise stanza_error(message.Error)
+    return settings_from_neonize(message.settings)
 
 
-def parse_settings(reply: bytes) -> Settings | None:
-    """The settings of a ``GetPrivacySettings`` reply, or None when they are unknown."""
+def parse_settings(reply: bytes) -> Settings:
+    """The fields a ``GetPrivacySettings`` reply reports (empty when nothing could be read)."""
     return settings_from_neonize(npb.PrivacySettings.FromString(reply))
 
 
@@ -91,8 +86,3 @@ def changed_fields(event: bytes) -> frozenset[Field]:
     return frozenset(
         spec.field for spec in FIELDS if getattr(message, f"{neonize_field(spec.field)}Changed")
     )
-
-
-def session_error(reason: str) -> SessionError:
-    lost = any(marker in reason for marker in NOT_CONNECTED_ERRORS)
-    return SessionError(reason, connection_lost=lost)

@@ -1,16 +1,19 @@
-"""A real WhatsApp Web session (a linked device), driven through neonize's Go library.
+"""A linked WhatsApp account behind the ``Session`` interface, driven through neonize.
 
 Three kinds of work, each on the thread it needs:
-- a connection (``Link``) is neonize's blocking ``Neonize`` call on a daemon thread of its own
-  for as long as it lasts; its callbacks arrive on Go's threads and are handed to the event loop;
-- a stanza (set, first fetch, pairing code) blocks for a round trip, so it runs on the gateway's
-  shared ``BlockingCalls`` threads, started as needed up to ``stanza_threads``, never the
-  default pool;
+- a connection (``link.Link``) is neonize's blocking ``Neonize`` call on a daemon thread of its
+  own; its callbacks arrive on Go's threads and are handed to the event loop;
+- a stanza (set, fetch, pairing code) blocks for a round trip, so it runs on the gateway's shared
+  ``BlockingCalls`` threads, and is waited for at most ``stanza_timeout``;
 - everything else (state, cache, listeners) lives on the event loop.
 
-The supervisor keeps the connection up: it dials at start, retries a failed dial or a lost
-connection with capped exponential backoff, and stops when the device is not paired or was
-logged out, until ``pair`` is called.
+The supervisor keeps the connection up. It dials only a store that holds this instance's device
+(``devices``), tries the path itself before neonize does (``probe``), retries a failed dial with
+capped exponential backoff, and does not retry what an operator must act on (another client took
+the session, the client is outdated, the device was logged out). whatsmeow reconnects a dropped
+connection by itself within the same client (client.go:588-656), which the gateway follows
+through its events. Every new link is a new whatsmeow client with an empty cache
+(goneonize/main.go:653), so the settings are read again after each ``Connected``.
 """
 
 from __future__ import annotations
@@ -18,16 +21,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from neonize.proto import Neonize_pb2 as npb
 
-from service.errors import Code, GatewayError
-from service.sessions.whatsapp import codec
+from service.errors import Code
 from service.sessions.base import (
+    SENDING_STATES,
     ChangeListener,
     ChangeNotifier,
     ChangeSource,
@@ -35,25 +39,53 @@ from service.sessions.base import (
     SessionError,
     SessionState,
     SessionStatus,
+    StanzaFate,
     status_now,
 )
+from service.sessions.whatsapp import codec
+from service.sessions.whatsapp.devices import DeviceBook, is_postgres, jid_text
+from service.sessions.whatsapp.devices import sqlite_store_has_device as _sqlite_has_device
+from service.sessions.whatsapp.ffi import WhatsAppFFI
+from service.sessions.whatsapp.link import Link, Phase
+from service.sessions.whatsapp.pairing import Pairing, pair_error
 from service.sessions.whatsapp.threads import BlockingCalls
-from service.sessions.whatsapp.ffi import EVENT_CODES, LinkCallbacks, WhatsAppFFI
 from service.settings import Field, Settings
 
 log = logging.getLogger(__name__)
-#: How long closing a connection may take before the gateway stops waiting for it. A dial stuck
-#: on a proxy that never answers blocks neonize's Stop too; the thread is a daemon, so the
-#: process can still exit.
-STOP_TIMEOUT = 5.0
-_EVENT_NAMES = {code: name for name, code in EVENT_CODES.items()}
-_GO_LOG_LEVELS = {"WARN": logging.WARNING, "ERROR": logging.ERROR}
-_DISCONNECT_REASONS = {
-    "Disconnected": "connection lost",
-    "StreamReplaced": "another client connected with this session",
-    "TemporaryBan": "temporarily banned by WhatsApp",
-    "ConnectFailure": "WhatsApp refused the connection",
-}
+Probe = Callable[[str | None], Awaitable[str]]
+
+#: How long after the last KeepAliveTimeout a connection counts as answering pings again.
+#: whatsmeow pings every 20-30 s and waits 10 s for the answer (keepalive.go:18-28), and reports
+#: every failure (keepalive.go:41-45); neonize cannot forward KeepAliveRestored (``ffi``), so 45 s
+#: without a new failure means a ping was answered.
+KEEPALIVE_QUIET = 45.0
+_GO_LOG_LEVELS = {"WARN": logging.WARNING, "ERROR": logging.ERROR, "INFO": logging.INFO}
+#: whatsmeow log lines that stand for the events neonize cannot forward (``ffi.EVENT_CODES``).
+_REPLACED_LOG = "Got replaced stream error"  # connectionevents.go:50 (Infof)
+_OUTDATED_LOG = "Client outdated (405) connect failure"  # connectionevents.go:140 (Errorf)
+_TEMP_BAN_LOG = "Temporary ban connect failure"  # connectionevents.go:134 (Warnf), with the node
+_EXPIRE = re.compile(r'expire="?(\d+)')
+_BAN_CODE = re.compile(r'code="?(\d+)')
+
+
+def _enum_names(message: Any, field: str) -> dict[int, str]:
+    enum_type = message.DESCRIPTOR.fields_by_name[field].enum_type
+    return {v.number: v.name.lower().replace("_", " ") for v in enum_type.values}
+
+
+#: ConnectFailureReason (types/events/events.go:191-211) and TempBanReason (148-156), as
+#: neonize's enums name them.
+_FAILURE_REASONS = _enum_names(npb.ConnectFailure, "Reason")
+_BAN_REASONS = _enum_names(npb.TemporaryBan, "Code")
+#: States that wait for an operator (or a pairing) rather than a redial.
+_WAITING = frozenset(
+    {
+        SessionState.NOT_PAIRED,
+        SessionState.LOGGED_OUT,
+        SessionState.REPLACED,
+        SessionState.CLIENT_OUTDATED,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -67,74 +99,18 @@ class Backoff:
         return min(self.maximum, max(self.initial, delay * 2))
 
 
-class Link:
-    """One ``Neonize`` call: a connection attempt and, if it succeeds, the connection."""
+@dataclass(frozen=True)
+class WhatsAppOptions:
+    """How a WhatsApp session behaves; the defaults are the gateway's."""
 
-    def __init__(
-        self,
-        ffi: WhatsAppFFI,
-        session_id: bytes,
-        store: str,
-        proxy: str | None,
-        sink: Callable[[Link, str, Any], None],
-    ) -> None:
-        self._ffi = ffi
-        self._session_id = session_id
-        loop = asyncio.get_running_loop()
-        self.returned: asyncio.Future[str] = loop.create_future()
-
-        def deliver(kind: str, data: Any) -> None:
-            loop.call_soon_threadsafe(sink, self, kind, data)
-
-        callbacks = LinkCallbacks(
-            on_qr=lambda code: deliver("qr", code),
-            on_login_status=lambda status: deliver("login_status", status),
-            on_event=lambda code, payload: deliver(_EVENT_NAMES.get(code, str(code)), payload),
-            on_log=_log_go_entry,
-        )
-
-        def run() -> None:
-            try:
-                result = ffi.connect(session_id, store, proxy, callbacks)
-            except Exception as exc:  # a crash of the binding itself
-                result = f"connection failed: {exc}"
-            loop.call_soon_threadsafe(_settle, self.returned, result)
-
-        name = f"whatsapp-{session_id.decode(errors='replace')}"
-        self._thread = threading.Thread(target=run, name=name, daemon=True)
-        self._thread.start()
-
-    async def stop(self, blocking: BlockingCalls) -> None:
-        """Ends the connection and waits, at most ``STOP_TIMEOUT``, for ``Neonize`` to return.
-
-        neonize's Stop itself blocks while a dial is stuck, so both the call and the return are
-        waited for under one deadline, and neither is cancelled if it passes.
-        """
-        if self.returned.done():
-            return
-        stopping = asyncio.ensure_future(blocking.run(self._ffi.stop, self._session_id))
-        stopping.add_done_callback(_log_failure)
-        done, _ = await asyncio.wait([self.returned], timeout=STOP_TIMEOUT)
-        if not done:
-            log.warning("%s: the connection did not end within %.0f s", self._thread.name,
-                        STOP_TIMEOUT)  # fmt: skip
-
-
-def _log_failure(future: asyncio.Future[None]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("stopping a connection failed: %s", future.exception())
-
-
-def _settle(future: asyncio.Future[str], result: str) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _log_go_entry(entry: bytes) -> None:
-    message = npb.LogEntry.FromString(entry)
-    level = _GO_LOG_LEVELS.get(message.Level)
-    if level is not None:
-        logging.getLogger(f"whatsmeow.{message.Name}").log(level, "%s", message.Message)
+    backoff: Backoff = Backoff()
+    #: The longest the gateway waits for one stanza's answer before calling it unconfirmed
+    #: (whatsmeow's own wait is 75 s, and 5 s more plus a resend after a drop: request.go).
+    stanza_timeout: float = 30.0
+    #: whatsmeow's log level (``debug`` sends every node through a Python callback).
+    log_level: str = "info"
+    #: The longest a re-read after a lost answer may take: a new connection and one fetch.
+    confirm_timeout: float = 15.0
 
 
 class WhatsAppSession:
@@ -150,30 +126,39 @@ class WhatsAppSession:
         store: str,
         proxy: str | None,
         blocking: BlockingCalls,
-        backoff: Backoff = Backoff(),
+        devices: DeviceBook,
+        probe: Probe | None = None,
+        options: WhatsAppOptions = WhatsAppOptions(),
     ) -> None:
         self.name = name
-        self._id = name.encode()
         self._ffi = ffi
         self._store = store
         self._proxy = proxy
         self._blocking_calls = blocking
-        self._backoff = backoff
+        self._devices = devices
+        self._probe = probe
+        self._options = options
         self._status = status_now(SessionState.CONNECTING)
         self._cache: Settings | None = None
+        self._fresh = asyncio.Event()  # set once the current link's settings were read
+        self._read_attempted = asyncio.Event()  # ... or once reading them was tried
+        self._reading: tuple[Link, asyncio.Future[Settings]] | None = None
         self._notifier = ChangeNotifier()
         self._link: Link | None = None
+        self._links = 0
         self._supervisor: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._pairing: asyncio.Queue[tuple[str, Any]] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pairing: Pairing | None = None
+        self._recycle = False
+        self._keepalive_check: asyncio.TimerHandle | None = None
         self._closing = False
 
     # -- the Session interface ---------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
-        return self._status.state is SessionState.CONNECTED
+        return self._status.state in SENDING_STATES
 
     def status(self) -> SessionStatus:
         return self._status
@@ -183,205 +168,469 @@ class WhatsAppSession:
 
     async def read_settings(self) -> Settings:
         if self._cache is None:
-            reply = await self._blocking(self._ffi.get_privacy_settings, self._id)
-            settings = codec.parse_settings(reply)
-            if settings is None:
-                raise SessionError(
-                    "WhatsApp did not answer with the settings",
-                    connection_lost=not self.connected,
-                )
-            self._remember(settings, ChangeSource.GATEWAY)
-            return settings
-        return self._cache
+            settings = await self._fetch()
+            if self._cache is None:
+                self._remember(settings, ChangeSource.GATEWAY)
+        return self._cache or Settings()
 
     async def set_setting(self, field: Field, value: str) -> Settings:
-        if not self.connected:
-            raise SessionError("websocket not connected", connection_lost=True)
-        reply = await self._blocking(
-            self._ffi.set_privacy_setting, self._id, field.spec.category, value
-        )
-        settings = codec.parse_set_reply(reply)
-        self._remember(settings, ChangeSource.GATEWAY)
+        link = self._link
+        if not self.connected or link is None:
+            raise SessionError("websocket not connected", fate=StanzaFate.NOT_SENT)
+        category = field.spec.category
+        try:
+            reply = await self._blocking_calls.run(
+                self._ffi.set_privacy_setting, link.session_id, category, value,
+                wait_at_most=self._options.stanza_timeout,
+            )  # fmt: skip
+            settings = codec.parse_set_reply(reply)
+        except TimeoutError:
+            self._forget(field)
+            seconds = self._options.stanza_timeout
+            raise SessionError(
+                f"no answer from WhatsApp within {seconds:g} s", fate=StanzaFate.UNCONFIRMED
+            ) from None
+        except SessionError as error:
+            if error.unconfirmed:
+                self._forget(field)
+            raise
+        self._answered()
+        if link is self._link:
+            self._remember(settings, ChangeSource.GATEWAY)
         return settings
+
+    async def confirm(self, field: Field) -> str | None:
+        """Re-reads ``field`` from WhatsApp itself. neonize's only read is whatsmeow's cache
+        (main.go:2094-2098, privacysettings.go:47-58), which a lost answer left as it was, so the
+        link is replaced: a new client has no cache and fetches (main.go:653)."""
+        if not self.connected or self._link is None:
+            return None
+        self._fresh.clear()
+        self._read_attempted.clear()
+        self._recycle = True
+        self._link.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._read_attempted.wait(), self._options.confirm_timeout)
+        if not self._fresh.is_set() or self._cache is None:
+            return None
+        return self._cache.get(field)
 
     async def start(self) -> None:
         if self._supervisor is None:
             self._supervisor = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
 
     async def close(self) -> None:
-        # Stop the connection first: the supervisor waits on it, and cancelling the supervisor
-        # first would cancel that wait and leave the Go connection running.
         self._closing = True
         self._wake.set()
-        if self._link is not None:
-            await self._link.stop(self._blocking_calls)
+        link = self._link
+        if link is not None:
+            link.stop()
+            # A dialing link cannot be stopped (``link``); its thread is a daemon: give it up.
+            if link.phase is not Phase.DIALING:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(link.finished), 5.0)
         if self._supervisor is not None:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
 
     # -- pairing -----------------------------------------------------------------------------
 
     async def pair(self, phone: str | None) -> AsyncIterator[PairEvent]:
         """QR codes (or one pairing code for ``phone``) until the device is linked."""
-        if self._status.state is SessionState.CONNECTED or self._status.jid:
+        state = self._status.state
+        if self._status.jid or state in SENDING_STATES or state is SessionState.REPLACED:
             paired_as = self._status.jid or "a linked account"
-            raise _pair_error(Code.FAILED_PRECONDITION, f"already paired as {paired_as}")
+            raise pair_error(Code.FAILED_PRECONDITION, f"already paired as {paired_as}")
         if self._pairing is not None:
-            raise _pair_error(Code.FAILED_PRECONDITION, "a pairing is already in progress")
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self._pairing = queue
+            raise pair_error(Code.FAILED_PRECONDITION, "a pairing is already in progress")
+        pairing = Pairing.new(phone)
+        self._pairing = pairing
+        paired = False
         try:
-            # A dial in progress answers the pairing too (QR codes, or its error); a supervisor
-            # waiting out a backoff dials now.
             self._wake.set()
-            code_sent = False
             while True:
-                kind, data = await queue.get()
-                if kind == "qr" and phone:
-                    if not code_sent:
-                        code_sent = True
-                        yield PairEvent(pairing_code=await self._pairing_code(phone))
-                elif kind == "qr":
-                    yield PairEvent(qr_code=data)
-                elif kind == "paired":
-                    yield PairEvent(jid=data)
+                event = await pairing.next_event()
+                if event is None:
+                    continue
+                yield event
+                if event.jid:
+                    paired = True
                     return
-                elif kind == "connected":  # the store held a linked device after all
-                    raise _pair_error(Code.FAILED_PRECONDITION, f"already paired as {data}")
-                elif kind == "timeout":
-                    raise _pair_error(Code.DEADLINE_EXCEEDED, "no QR code was scanned in time")
-                else:
-                    raise _pair_error(Code.UNAVAILABLE, f"WhatsApp cannot be reached: {data}")
         finally:
-            self._pairing = None
+            if self._pairing is pairing:
+                self._pairing = None
+            link = self._link
+            if not paired and link is not None and link.phase is not Phase.LIVE:
+                link.stop()  # the caller left, or the pairing ended: give the link up
+                if self._status.state is SessionState.PAIRING:
+                    self._set_state(SessionState.NOT_PAIRED)
 
-    async def _pairing_code(self, phone: str) -> str:
-        reply = npb.PairPhoneReturnFunction.FromString(
-            await self._blocking(self._ffi.pair_phone, self._id, phone)
-        )
+    async def _pairing_code(self, link: Link, pairing: Pairing) -> None:
+        assert pairing.phone is not None
+        try:
+            reply = npb.PairPhoneReturnFunction.FromString(
+                await self._blocking_calls.run(
+                    self._ffi.pair_phone,
+                    link.session_id,
+                    pairing.phone,
+                    wait_at_most=self._options.stanza_timeout,
+                )
+            )
+        except TimeoutError:
+            pairing.tell("phone_error", "info query timed out")
+            return
         if reply.Error:
-            raise _pair_error(Code.INVALID_ARGUMENT, f"pairing by phone failed: {reply.Error}")
-        return reply.Code
+            pairing.tell("phone_error", reply.Error)
+        else:
+            pairing.tell("code", reply.Code)
 
     # -- the connection ----------------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        delay = self._backoff.initial
+        delay = self._options.backoff.initial
         while not self._closing:
-            waiting = self._status.state in (SessionState.NOT_PAIRED, SessionState.LOGGED_OUT)
-            if waiting and self._pairing is None:
-                self._wake.clear()
-                await self._wake.wait()
+            pairing = self._pairing
+            if pairing is None and await self._nothing_to_dial():
                 continue
-            pairing = self._pairing is not None
-            self._set_state(SessionState.PAIRING if pairing else SessionState.CONNECTING)
-            self._link = link = Link(self._ffi, self._id, self._store, self._proxy, self._on_link)
-            error = await link.returned
+            problem = await self._probe(self._proxy) if self._probe is not None else ""
+            if problem:
+                if pairing is not None:
+                    pairing.tell("unreachable", problem)
+                    self._pairing = None
+                self._disconnected(problem, delay)
+                await self._wait(delay, for_pairing=True)
+                delay = self._options.backoff.next(delay)
+                continue
+            link = self._dial(pairing)
+            # Shielded: cancelling the supervisor (close) must not cancel the link's own future,
+            # which close awaits too.
+            await asyncio.shield(link.finished)
             self._link = None
+            self._cache = None
+            self._fresh.clear()
             if self._closing:
                 return
-            if error:
-                self._set_state(SessionState.DISCONNECTED, error)
-                self._tell_pairing("unreachable", error)
-                self._pairing = None  # that pairing has its answer; the backoff applies again
-                await self._sleep(delay)
-                delay = self._backoff.next(delay)
-            elif self._status.state is SessionState.CONNECTED:
-                delay = self._backoff.initial
+            if self._recycle:
+                self._recycle = False
+                continue
+            if self._status.state is SessionState.BANNED:
+                # A ban that is over at once (WhatsApp counts its expiry in whole seconds) must
+                # not become a redial loop: the backoff is its floor.
+                floor = time.time() + delay
+                if (self._status.retry_at or 0) < floor:
+                    self._status = replace(self._status, retry_at=floor)
+                delay = self._options.backoff.next(delay)
+                continue
+            failure = link.result or ""
+            if not failure and self._status.state is SessionState.DISCONNECTED:
+                failure = self._status.last_error  # WhatsApp refused it (ConnectFailure)
+            if failure:
+                if pairing is not None and self._pairing is pairing:
+                    pairing.tell("unreachable", failure)
+                    self._pairing = None
+                self._disconnected(failure, delay)
+                await self._wait(delay, for_pairing=True)
+                delay = self._options.backoff.next(delay)
+            else:
+                delay = self._options.backoff.initial
 
-    async def _sleep(self, delay: float) -> None:
-        """Waits ``delay``, or less if a pairing asks for a connection now."""
-        if self._pairing is not None:
+    async def _nothing_to_dial(self) -> bool:
+        """Waits (and says so) while there is nothing to dial: no device, an operator's turn,
+        or a ban that has not expired."""
+        keep = (SessionState.NOT_PAIRED, SessionState.LOGGED_OUT, SessionState.CLIENT_OUTDATED)
+        if self._status.state not in keep and not self._has_device():
+            # Never dialled: a store without this instance's device would show QR codes.
+            self._set_state(SessionState.NOT_PAIRED)
+        state = self._status.state
+        if state in _WAITING:
+            await self._wait()
+            return True
+        if state is SessionState.BANNED:
+            until = (self._status.retry_at or 0) - time.time()
+            if until > 0:
+                await self._wait(until)
+                return True
+        return False
+
+    def _dial(self, pairing: Pairing | None) -> Link:
+        self._links += 1
+        session_id = f"{self.name}#{self._links}".encode()
+        jid = self._devices.jid(self.name)
+        if pairing is not None:
+            self._set_state(SessionState.PAIRING)
+            jid_bytes = b""
+        else:
+            self._set_state(SessionState.CONNECTING)
+            # A PostgreSQL store holds other instances' devices too: always name ours.
+            jid_bytes = (
+                jid.SerializeToString() if jid is not None and is_postgres(self._store) else b""
+            )
+        self._link = Link(
+            self._ffi, self._blocking_calls, session_id, self._store,
+            jid=jid_bytes, proxy=self._proxy, log_level=self._options.log_level,
+            sink=self._on_link, new_device=pairing is not None,
+        )  # fmt: skip
+        return self._link
+
+    def _has_device(self) -> bool:
+        if is_postgres(self._store):
+            return self._devices.jid(self.name) is not None
+        return _sqlite_has_device(self._store)
+
+    async def _wait(self, delay: float | None = None, *, for_pairing: bool = False) -> None:
+        """Waits to be woken (a pairing, a close), or ``delay``; a pairing cuts a backoff short."""
+        if for_pairing and self._pairing is not None:
             return
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), delay)
 
+    def _disconnected(self, error: str, delay: float) -> None:
+        retry_at = time.time() + delay
+        self._set_state(SessionState.DISCONNECTED, error, retry_at=retry_at)
+
+    # -- what a link reports -----------------------------------------------------------------
+
     def _on_link(self, link: Link, kind: str, data: Any) -> None:
-        """A connection's callback, on the event loop. Events of an ended link are dropped."""
+        """A link's callback, on the event loop. A replaced link's events are dropped."""
         if link is not self._link:
             return
-        if kind == "qr":
-            if self._pairing is None:
-                # No one is pairing: the store holds no device, so stop showing codes.
-                self._set_state(SessionState.NOT_PAIRED)
-                self._spawn(link.stop(self._blocking_calls))
-            else:
-                self._tell_pairing("qr", data)
-        elif kind == "login_status" and data == "timeout":
-            self._set_state(SessionState.NOT_PAIRED, "pairing timed out")
-            self._tell_pairing("timeout", data)
-            self._spawn(link.stop(self._blocking_calls))
-        elif kind == "PairStatus":
-            self._on_pair_status(npb.PairStatus.FromString(data))
-        elif kind == "Connected":
-            self._set_state(SessionState.CONNECTED, jid=self._status.jid)
-            self._tell_pairing("connected", self._status.jid or "a linked account")
-        elif kind == "Device":
-            device = npb.Device.FromString(data)
-            jid = f"{device.JID.User}@{device.JID.Server}" if device.JID.User else ""
-            self._status = replace(self._status, jid=jid)
-        elif kind in ("Disconnected", "StreamReplaced", "TemporaryBan", "ConnectFailure"):
-            reason = _DISCONNECT_REASONS[kind]
-            self._set_state(SessionState.DISCONNECTED, reason)
-        elif kind == "LoggedOut":
-            self._cache = None
-            self._set_state(SessionState.LOGGED_OUT, "logged out from the phone")
-            self._status = replace(self._status, jid="")
-            self._spawn(link.stop(self._blocking_calls))
-        elif kind == "PrivacySettings":
-            self._spawn(self._refresh_after_phone_change(codec.changed_fields(data)))
+        handler = self._HANDLERS.get(kind)
+        if handler is not None:
+            handler(self, link, data)
 
-    def _on_pair_status(self, event: Any) -> None:
-        if event.Status == npb.PairStatus.SUCCESS:
-            jid = f"{event.ID.User}@{event.ID.Server}"
-            self._status = replace(self._status, jid=jid)
-            self._tell_pairing("paired", jid)
-        else:
-            self._tell_pairing("unreachable", f"pairing failed: {event.Error}")
-
-    async def _refresh_after_phone_change(self, changed: frozenset[Field]) -> None:
-        """whatsmeow updated its cache before telling us; read it (no stanza) for the values."""
-        reply = await self._blocking(self._ffi.get_privacy_settings, self._id)
-        settings = codec.parse_settings(reply)
-        if settings is None:
-            log.warning("%s: settings changed on the phone (%s) but could not be read", self.name,
-                        ", ".join(sorted(f.value for f in changed)))  # fmt: skip
-            self._cache = None
+    def _on_qr(self, link: Link, code: str) -> None:
+        pairing = self._pairing
+        if pairing is None:
+            # The store lost its device (whatsmeow deletes it on a logout): nothing to dial.
+            self._devices.record(self.name, None)
+            self._set_state(SessionState.NOT_PAIRED, "the store holds no device: pair again")
+            link.stop()
             return
-        self._remember(settings, ChangeSource.PHONE)
+        pairing.tell("qr", code)
+        if pairing.phone and not pairing.code_requested:
+            # PairPhone needs the websocket up, which the first QR code shows (pair-code.go:76-90).
+            pairing.code_requested = True
+            self._spawn(self._pairing_code(link, pairing))
 
-    # -- small helpers -----------------------------------------------------------------------
+    def _on_login_status(self, link: Link, status: str) -> None:
+        if status == "success":
+            return  # the device follows (Device, then PairStatus), once FetchMe has its ID
+        self._set_state(SessionState.NOT_PAIRED, f"pairing ended: {status}")
+        if status == "err-client-outdated":
+            self._set_state(SessionState.CLIENT_OUTDATED, "WhatsApp says this client is outdated")
+        if self._pairing is not None:
+            self._pairing.tell("qr_status", status)
+            self._pairing = None
+        link.stop()
 
-    async def _blocking(self, call: Callable[..., bytes], *args: Any) -> bytes:
-        return await self._blocking_calls.run(call, *args)
+    def _on_device(self, link: Link, payload: bytes) -> None:
+        device = npb.Device.FromString(payload)
+        jid = jid_text(device.JID)
+        if jid and self._pairing is not None:
+            self._devices.record(self.name, device.JID)
+        self._status = replace(self._status, jid=jid or self._status.jid)
+
+    def _on_pair_status(self, link: Link, payload: bytes) -> None:
+        event = npb.PairStatus.FromString(payload)
+        pairing = self._pairing
+        if event.Status == npb.PairStatus.SUCCESS:
+            self._devices.record(self.name, event.ID)
+            jid = jid_text(event.ID)
+            self._status = replace(self._status, jid=jid)
+            if pairing is not None:
+                pairing.tell("paired", jid)
+                self._pairing = None
+        elif pairing is not None:
+            pairing.tell("pair_error", event.Error or "pairing failed")
+            self._pairing = None
+
+    def _on_connected(self, link: Link, _: bytes) -> None:
+        if self._pairing is not None:  # the store held a linked device after all
+            self._pairing.tell("already_paired", self._status.jid or "a linked account")
+            self._pairing = None
+        self._set_state(SessionState.CONNECTED)
+        # Every connection is read afresh: a new link is a new client with an empty cache, and
+        # a reconnect may follow changes made while it was away.
+        self._cache = None
+        self._fresh.clear()
+        self._spawn(self._refresh(link, ChangeSource.PHONE))
+
+    def _on_disconnected(self, link: Link, _: bytes) -> None:
+        # whatsmeow reconnects on its own (client.go:595-600, autoReconnect 623-656).
+        self._set_state(SessionState.DISCONNECTED, "connection lost; whatsmeow is reconnecting")
+
+    def _on_keepalive_timeout(self, link: Link, payload: bytes) -> None:
+        event = npb.KeepAliveTimeout.FromString(payload)
+        since = time.strftime("%H:%M:%S", time.gmtime(event.LastSuccess))
+        self._set_state(
+            SessionState.DEGRADED,
+            f"{event.ErrorCount} keepalive ping(s) unanswered since {since} UTC",
+        )
+        if self._keepalive_check is not None:
+            self._keepalive_check.cancel()
+        loop = asyncio.get_running_loop()
+        self._keepalive_check = loop.call_later(KEEPALIVE_QUIET, self._answered)
+
+    def _on_logged_out(self, link: Link, _: bytes) -> None:
+        self._cache = None
+        self._devices.record(self.name, None)
+        self._set_state(SessionState.LOGGED_OUT, "logged out from the phone: pair again")
+        self._status = replace(self._status, jid="")
+        link.stop()
+
+    def _on_temporary_ban(self, link: Link, payload: bytes) -> None:
+        event = npb.TemporaryBan.FromString(payload)
+        self._banned(link, _BAN_REASONS.get(event.Code, str(event.Code)), event.Expire)
+
+    def _banned(self, link: Link, reason: str, expire: int) -> None:
+        until = time.time() + expire
+        shown = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(until))
+        self._set_state(
+            SessionState.BANNED,
+            f"temporarily banned by WhatsApp ({reason}) until {shown}",
+            retry_at=until,
+        )
+        link.stop()
+
+    def _on_connect_failure(self, link: Link, payload: bytes) -> None:
+        event = npb.ConnectFailure.FromString(payload)
+        reason = _FAILURE_REASONS.get(event.Reason, str(event.Reason))
+        detail = f": {event.Message}" if event.Message else ""
+        self._set_state(
+            SessionState.DISCONNECTED, f"WhatsApp refused the connection ({reason}{detail})"
+        )
+        link.stop()  # whatsmeow does not reconnect after it (connectionevents.go:106-111)
+
+    def _on_privacy_settings(self, link: Link, payload: bytes) -> None:
+        self._spawn(self._refresh(link, ChangeSource.PHONE))
+
+    def _on_log(self, link: Link, entry: bytes) -> None:
+        message = npb.LogEntry.FromString(entry)
+        level = _GO_LOG_LEVELS.get(message.Level, logging.DEBUG)
+        logging.getLogger(f"whatsmeow.{message.Name}").log(level, "%s", message.Message[:2000])
+        text = message.Message
+        if text.startswith(_REPLACED_LOG):
+            self._set_state(
+                SessionState.REPLACED,
+                "another client connected with this session: stop it, then restart the gateway",
+            )
+            link.stop()
+        elif text.startswith(_OUTDATED_LOG):
+            self._set_state(
+                SessionState.CLIENT_OUTDATED,
+                "WhatsApp says this client is outdated: upgrade the gateway",
+            )
+            link.stop()
+        elif text.startswith(_TEMP_BAN_LOG) and (match := _EXPIRE.search(text)):
+            code = _BAN_CODE.search(text)
+            self._banned(link, f"code {code.group(1) if code else 'unknown'}", int(match.group(1)))
+
+    _HANDLERS: ClassVar[dict[str, Callable[[WhatsAppSession, Link, Any], None]]] = {
+        "qr": _on_qr,
+        "login_status": _on_login_status,
+        "Device": _on_device,
+        "PairStatus": _on_pair_status,
+        "Connected": _on_connected,
+        "Disconnected": _on_disconnected,
+        "KeepAliveTimeout": _on_keepalive_timeout,
+        "LoggedOut": _on_logged_out,
+        "TemporaryBan": _on_temporary_ban,
+        "ConnectFailure": _on_connect_failure,
+        "PrivacySettings": _on_privacy_settings,
+        "log": _on_log,
+    }
+
+    # -- settings ----------------------------------------------------------------------------
+
+    async def _fetch(self) -> Settings:
+        """The settings from whatsmeow; one read at a time per link (a second caller shares
+        it: whatsmeow's own fetch has no lock, privacysettings.go:20-43, and would send two)."""
+        link = self._link
+        if link is None or not self.connected:
+            raise SessionError("websocket not connected", fate=StanzaFate.NOT_SENT)
+        reading = self._reading
+        if reading is None or reading[0] is not link:
+            reading = (link, asyncio.ensure_future(self._fetch_from(link)))
+            self._reading = reading
+            reading[1].add_done_callback(lambda _: self._done_reading(reading))
+        return await asyncio.shield(reading[1])
+
+    def _done_reading(self, reading: tuple[Link, asyncio.Future[Settings]]) -> None:
+        if self._reading is reading:
+            self._reading = None
+
+    async def _fetch_from(self, link: Link) -> Settings:
+        try:
+            reply = await self._blocking_calls.run(
+                self._ffi.get_privacy_settings, link.session_id,
+                wait_at_most=self._options.stanza_timeout,
+            )  # fmt: skip
+        except TimeoutError:
+            raise SessionError("WhatsApp did not answer with the settings") from None
+        settings = codec.parse_settings(reply)
+        if not settings:
+            # whatsmeow logs the failure and answers an empty struct (privacysettings.go:47-58).
+            raise SessionError(
+                "WhatsApp did not answer with the settings",
+                fate=StanzaFate.REFUSED if self.connected else StanzaFate.NOT_SENT,
+            )
+        return settings
+
+    async def _refresh(self, link: Link, source: ChangeSource) -> None:
+        """Reads the settings (whatsmeow's cache, or one fetch for a new client) and tells
+        listeners what changed."""
+        try:
+            settings = await self._fetch()
+        except SessionError as error:
+            log.warning("%s: the settings could not be read: %s", self.name, error.reason)
+            return
+        finally:
+            if link is self._link:
+                self._read_attempted.set()
+        if link is self._link:
+            self._remember(settings, source)
+            self._fresh.set()
 
     def _remember(self, settings: Settings, source: ChangeSource) -> None:
         self._cache = settings
         self._notifier.publish(settings, source)
 
-    def _set_state(self, state: SessionState, last_error: str | None = None, jid: str = "") -> None:
+    def _forget(self, field: Field) -> None:
+        """A stanza whose answer was lost leaves ``field`` unknown until it is read again."""
+        if self._cache is not None and field in self._cache:
+            self._cache = Settings({f: v for f, v in self._cache.items() if f is not field})
+
+    def _answered(self) -> None:
+        """WhatsApp answered: a degraded connection is healthy again."""
+        if self._status.state is SessionState.DEGRADED:
+            self._set_state(SessionState.CONNECTED)
+
+    # -- small helpers -----------------------------------------------------------------------
+
+    def _set_state(
+        self, state: SessionState, last_error: str | None = None, *, retry_at: float | None = None
+    ) -> None:
         error = self._status.last_error if last_error is None else last_error
         if state is SessionState.CONNECTED:
             error = ""
-        if (state, error) != (self._status.state, self._status.last_error):
-            self._status = status_now(state, error, jid or self._status.jid)
+        changed = (state, error) != (self._status.state, self._status.last_error)
+        if changed or retry_at != self._status.retry_at:
+            self._status = status_now(state, error, self._status.jid, retry_at)
+        if changed:
             quiet = state in (SessionState.CONNECTING, SessionState.PAIRING)
-            detail = f": {error}" if error and state is SessionState.DISCONNECTED else ""
+            detail = f": {error}" if error and state is not SessionState.CONNECTED else ""
             log.log(
                 logging.DEBUG if quiet else logging.INFO, "%s %s%s", self.name, state.value, detail
             )
+        if state not in _WAITING and state is not SessionState.BANNED:
+            return
+        self._wake.set()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Runs ``work`` in the background, holding a reference until it ends."""
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def _tell_pairing(self, kind: str, data: Any) -> None:
-        if self._pairing is not None:
-            self._pairing.put_nowait((kind, data))
-
-
-def _pair_error(code: Code, message: str) -> GatewayError:
-    return GatewayError(code, f"Pairing failed: {message}", "PAIRING_FAILED")

@@ -53,8 +53,12 @@ class BlockingCalls:
         """How many threads have been started."""
         return len(self._threads)
 
-    async def run(self, call: Callable[..., T], *args: Any) -> T:
-        """``call(*args)`` on a thread; cancelling the wait does not stop the call."""
+    async def run(self, call: Callable[..., T], *args: Any, wait_at_most: float | None = None) -> T:
+        """``call(*args)`` on a thread; cancelling the wait does not stop the call.
+
+        With ``wait_at_most``, the wait ends with ``TimeoutError`` after that many seconds while the
+        call goes on (its answer, when it comes, is dropped): a Go call cannot be interrupted.
+        """
         if self._closed:
             raise RuntimeError("blocking calls are shut down")
         if self._loop is None:
@@ -64,7 +68,13 @@ class BlockingCalls:
         self._calls.put((future, call, args))
         if self._in_flight > len(self._threads) and len(self._threads) < self.max_threads:
             self._start_thread()
-        return await future
+        if wait_at_most is None:
+            return await future
+        expiry = self._loop.call_later(wait_at_most, _expire, future)
+        try:
+            return await future
+        finally:
+            expiry.cancel()
 
     def shutdown(self) -> None:
         """Lets every thread end once its current call returns (they are daemons: a call stuck
@@ -123,3 +133,8 @@ class BlockingCalls:
                 future.set_result(result)
         assert self._loop is not None
         self._loop.call_later(DELIVERY_WINDOW, self._deliver)
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())

@@ -69,6 +69,25 @@ class _InstanceStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Instanc
     """WhatsApp ended the link (removed from the phone's linked devices): pair again."""
     INSTANCE_STATE_PAIRING: _InstanceState.ValueType  # 6
     """A PairInstance call is in progress."""
+    INSTANCE_STATE_REPLACED: _InstanceState.ValueType  # 7
+    """Another client connected with this session (WhatsApp's stream error `conflict` `replaced`):
+    WhatsApp closed this connection. Not retried, since retrying would take the session back
+    from whoever holds it: find the other client (a second gateway on the same store?), stop
+    it, then restart this gateway.
+    """
+    INSTANCE_STATE_BANNED: _InstanceState.ValueType  # 8
+    """WhatsApp banned the account temporarily (`last_error` gives its code and reason). The gateway
+    reconnects on its own at `retry_time`.
+    """
+    INSTANCE_STATE_CLIENT_OUTDATED: _InstanceState.ValueType  # 9
+    """WhatsApp refused this client version (connect failure 405). Not retried: upgrade the gateway
+    (its neonize dependency) and restart it.
+    """
+    INSTANCE_STATE_DEGRADED: _InstanceState.ValueType  # 10
+    """Connected, but WhatsApp has stopped answering keepalive pings (`last_error` says since
+    when): stanzas may time out and end UNCONFIRMED. whatsmeow reconnects on its own after a
+    few minutes of this; the state returns to CONNECTED when a ping is answered again.
+    """
 
 class InstanceState(_InstanceState, metaclass=_InstanceStateEnumTypeWrapper):
     """Where an instance's connection to WhatsApp stands."""
@@ -87,6 +106,25 @@ INSTANCE_STATE_LOGGED_OUT: InstanceState.ValueType  # 5
 """WhatsApp ended the link (removed from the phone's linked devices): pair again."""
 INSTANCE_STATE_PAIRING: InstanceState.ValueType  # 6
 """A PairInstance call is in progress."""
+INSTANCE_STATE_REPLACED: InstanceState.ValueType  # 7
+"""Another client connected with this session (WhatsApp's stream error `conflict` `replaced`):
+WhatsApp closed this connection. Not retried, since retrying would take the session back
+from whoever holds it: find the other client (a second gateway on the same store?), stop
+it, then restart this gateway.
+"""
+INSTANCE_STATE_BANNED: InstanceState.ValueType  # 8
+"""WhatsApp banned the account temporarily (`last_error` gives its code and reason). The gateway
+reconnects on its own at `retry_time`.
+"""
+INSTANCE_STATE_CLIENT_OUTDATED: InstanceState.ValueType  # 9
+"""WhatsApp refused this client version (connect failure 405). Not retried: upgrade the gateway
+(its neonize dependency) and restart it.
+"""
+INSTANCE_STATE_DEGRADED: InstanceState.ValueType  # 10
+"""Connected, but WhatsApp has stopped answering keepalive pings (`last_error` says since
+when): stanzas may time out and end UNCONFIRMED. whatsmeow reconnects on its own after a
+few minutes of this; the state returns to CONNECTED when a ping is answered again.
+"""
 Global___InstanceState: _TypeAlias = InstanceState  # noqa: Y015
 
 @_typing.final
@@ -102,6 +140,7 @@ class Instance(_message.Message):
     STATE_SINCE_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     JID_FIELD_NUMBER: _builtins.int
+    RETRY_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The instance's configured name."""
     account: _builtins.str
@@ -118,6 +157,12 @@ class Instance(_message.Message):
     def state_since(self) -> _timestamp_pb2.Timestamp:
         """When it entered that state."""
 
+    @_builtins.property
+    def retry_time(self) -> _timestamp_pb2.Timestamp:
+        """When the gateway will next try to connect (BANNED: when the ban expires; DISCONNECTED: the
+        end of the current backoff); unset when no attempt is scheduled.
+        """
+
     def __init__(
         self,
         *,
@@ -128,10 +173,11 @@ class Instance(_message.Message):
         state_since: _timestamp_pb2.Timestamp | None = ...,
         last_error: _builtins.str = ...,
         jid: _builtins.str = ...,
+        retry_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["state_since", b"state_since"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retry_time", b"retry_time", "state_since", b"state_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "jid", b"jid", "kind", b"kind", "last_error", b"last_error", "name", b"name", "state", b"state", "state_since", b"state_since"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "jid", b"jid", "kind", b"kind", "last_error", b"last_error", "name", b"name", "retry_time", b"retry_time", "state", b"state", "state_since", b"state_since"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -73,9 +73,13 @@ class InstanceServiceServicer:
     def PairInstance(self, request, context):
         """Links a WhatsApp account to the instance. Streams each QR code as WhatsApp rotates them (scan
         it in WhatsApp > Linked devices), or, when `phone` is given, the pairing code to type on that
-        phone; ends with the paired JID. Ends with UNAVAILABLE (and the dial error) when WhatsApp
-        cannot be reached, DEADLINE_EXCEEDED when nobody scanned in time, and FAILED_PRECONDITION
-        for an instance that is already paired or simulated.
+        phone; ends with the paired JID. Always ends within the caller's deadline: UNAVAILABLE (and
+        the dial error) when WhatsApp cannot be reached or ended the pairing unexpectedly,
+        DEADLINE_EXCEEDED when nobody scanned in time, FAILED_PRECONDITION for an instance that is
+        already paired, being paired or simulated, an outdated client or a phone without
+        multi-device, INVALID_ARGUMENT for a phone number WhatsApp rejects, RESOURCE_EXHAUSTED (with
+        a retry hint) for WhatsApp's rate limit. All carry the reason PAIRING_FAILED (or
+        NOT_PAIRABLE, INVALID_PHONE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,9 +45,13 @@ class InstanceServiceStub:
     PairInstance: _grpc.UnaryStreamMultiCallable[_instance_service_pb2.PairInstanceRequest, _instance_service_pb2.PairInstanceResponse]
     """Links a WhatsApp account to the instance. Streams each QR code as WhatsApp rotates them (scan
     it in WhatsApp > Linked devices), or, when `phone` is given, the pairing code to type on that
-    phone; ends with the paired JID. Ends with UNAVAILABLE (and the dial error) when WhatsApp
-    cannot be reached, DEADLINE_EXCEEDED when nobody scanned in time, and FAILED_PRECONDITION
-    for an instance that is already paired or simulated.
+    phone; ends with the paired JID. Always ends within the caller's deadline: UNAVAILABLE (and
+    the dial error) when WhatsApp cannot be reached or ended the pairing unexpectedly,
+    DEADLINE_EXCEEDED when nobody scanned in time, FAILED_PRECONDITION for an instance that is
+    already paired, being paired or simulated, an outdated client or a phone without
+    multi-device, INVALID_ARGUMENT for a phone number WhatsApp rejects, RESOURCE_EXHAUSTED (with
+    a retry hint) for WhatsApp's rate limit. All carry the reason PAIRING_FAILED (or
+    NOT_PAIRABLE, INVALID_PHONE).
     """
 
 @_typing.type_check_only
@@ -62,9 +66,13 @@ class InstanceServiceAsyncStub(InstanceServiceStub):
     PairInstance: _aio.UnaryStreamMultiCallable[_instance_service_pb2.PairInstanceRequest, _instance_service_pb2.PairInstanceResponse]  # type: ignore[assignment]
     """Links a WhatsApp account to the instance. Streams each QR code as WhatsApp rotates them (scan
     it in WhatsApp > Linked devices), or, when `phone` is given, the pairing code to type on that
-    phone; ends with the paired JID. Ends with UNAVAILABLE (and the dial error) when WhatsApp
-    cannot be reached, DEADLINE_EXCEEDED when nobody scanned in time, and FAILED_PRECONDITION
-    for an instance that is already paired or simulated.
+    phone; ends with the paired JID. Always ends within the caller's deadline: UNAVAILABLE (and
+    the dial error) when WhatsApp cannot be reached or ended the pairing unexpectedly,
+    DEADLINE_EXCEEDED when nobody scanned in time, FAILED_PRECONDITION for an instance that is
+    already paired, being paired or simulated, an outdated client or a phone without
+    multi-device, INVALID_ARGUMENT for a phone number WhatsApp rejects, RESOURCE_EXHAUSTED (with
+    a retry hint) for WhatsApp's rate limit. All carry the reason PAIRING_FAILED (or
+    NOT_PAIRABLE, INVALID_PHONE).
     """
 
 class InstanceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -94,9 +102,13 @@ class InstanceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_instance_service_pb2.PairInstanceResponse], _abc.AsyncIterator[_instance_service_pb2.PairInstanceResponse]]:
         """Links a WhatsApp account to the instance. Streams each QR code as WhatsApp rotates them (scan
         it in WhatsApp > Linked devices), or, when `phone` is given, the pairing code to type on that
-        phone; ends with the paired JID. Ends with UNAVAILABLE (and the dial error) when WhatsApp
-        cannot be reached, DEADLINE_EXCEEDED when nobody scanned in time, and FAILED_PRECONDITION
-        for an instance that is already paired or simulated.
+        phone; ends with the paired JID. Always ends within the caller's deadline: UNAVAILABLE (and
+        the dial error) when WhatsApp cannot be reached or ended the pairing unexpectedly,
+        DEADLINE_EXCEEDED when nobody scanned in time, FAILED_PRECONDITION for an instance that is
+        already paired, being paired or simulated, an outdated client or a phone without
+        multi-device, INVALID_ARGUMENT for a phone number WhatsApp rejects, RESOURCE_EXHAUSTED (with
+        a retry hint) for WhatsApp's rate limit. All carry the reason PAIRING_FAILED (or
+        NOT_PAIRABLE, INVALID_PHONE).
         """
 
 def add_InstanceServiceServicer_to_server(servicer: InstanceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

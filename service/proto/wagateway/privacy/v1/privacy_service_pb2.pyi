@@ -23,6 +23,9 @@ Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer with
 | RESOURCE_EXHAUSTED  | RATE_LIMITED            | more calls per minute than the token's limit           |
 | INTERNAL            | STANZA_FAILED           | WhatsApp refused a field: `failed to update <field> privacy: <reason>` |
 | UNAVAILABLE         | CONNECTION_LOST         | the connection dropped during the update (same message form) |
+| UNAVAILABLE         | STANZA_UNCONFIRMED      | a stanza was sent but its answer was lost and no re-read settled it (FIELD_STATE_UNCONFIRMED) |
+| RESOURCE_EXHAUSTED  | WHATSAPP_RATE_LIMITED   | WhatsApp answered 429 rate-overlimit (with `google.rpc.RetryInfo`) |
+| UNAVAILABLE         | WHATSAPP_UNAVAILABLE    | WhatsApp answered a 5xx error                          |
 | DEADLINE_EXCEEDED   | DEADLINE_EXCEEDED       | the deadline passed before every field was sent        |
 | UNAVAILABLE         | SETTINGS_UNKNOWN        | WhatsApp's current settings could not be read          |
 """
@@ -138,6 +141,13 @@ class _FieldStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FieldState
     """ROLLBACK: the field holds `previous` again."""
     FIELD_STATE_RESTORE_FAILED: _FieldState.ValueType  # 8
     """ROLLBACK: the field could not be put back; it still holds `value`. `error` says why."""
+    FIELD_STATE_UNCONFIRMED: _FieldState.ValueType  # 9
+    """The stanza was sent but its answer was lost (it timed out, or the connection dropped
+    before WhatsApp answered), so WhatsApp may or may not have applied it. The gateway re-reads
+    the field when the session can answer: a later APPLIED or FAILED event for the same field
+    resolves it. If none follows, the field's value is unknown until the next read, and
+    ROLLBACK puts it back like an applied field.
+    """
 
 class FieldState(_FieldState, metaclass=_FieldStateEnumTypeWrapper):
     """Where a field is in an update."""
@@ -160,6 +170,13 @@ FIELD_STATE_RESTORED: FieldState.ValueType  # 7
 """ROLLBACK: the field holds `previous` again."""
 FIELD_STATE_RESTORE_FAILED: FieldState.ValueType  # 8
 """ROLLBACK: the field could not be put back; it still holds `value`. `error` says why."""
+FIELD_STATE_UNCONFIRMED: FieldState.ValueType  # 9
+"""The stanza was sent but its answer was lost (it timed out, or the connection dropped
+before WhatsApp answered), so WhatsApp may or may not have applied it. The gateway re-reads
+the field when the session can answer: a later APPLIED or FAILED event for the same field
+resolves it. If none follows, the field's value is unknown until the next read, and
+ROLLBACK puts it back like an applied field.
+"""
 Global___FieldState: _TypeAlias = FieldState  # noqa: Y015
 
 class _OperationState:

@@ -23,6 +23,9 @@ Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer with
 | RESOURCE_EXHAUSTED  | RATE_LIMITED            | more calls per minute than the token's limit           |
 | INTERNAL            | STANZA_FAILED           | WhatsApp refused a field: `failed to update <field> privacy: <reason>` |
 | UNAVAILABLE         | CONNECTION_LOST         | the connection dropped during the update (same message form) |
+| UNAVAILABLE         | STANZA_UNCONFIRMED      | a stanza was sent but its answer was lost and no re-read settled it (FIELD_STATE_UNCONFIRMED) |
+| RESOURCE_EXHAUSTED  | WHATSAPP_RATE_LIMITED   | WhatsApp answered 429 rate-overlimit (with `google.rpc.RetryInfo`) |
+| UNAVAILABLE         | WHATSAPP_UNAVAILABLE    | WhatsApp answered a 5xx error                          |
 | DEADLINE_EXCEEDED   | DEADLINE_EXCEEDED       | the deadline passed before every field was sent        |
 | UNAVAILABLE         | SETTINGS_UNKNOWN        | WhatsApp's current settings could not be read          |
 """
