@@ -156,6 +156,11 @@ class GatewayConfig(_Strict):
                     f"unknown account {instance.account!r} (configured: {known})",
                 )
         _one_instance_per_store(self.instances, Path(self.data_dir))
+        if self.reconnect_initial_seconds > self.reconnect_max_seconds:
+            raise _ReferenceError(
+                ("reconnect_initial_seconds",),
+                f"must not exceed reconnect_max_seconds ({self.reconnect_max_seconds:g})",
+            )
         return self
 
 

@@ -552,3 +552,14 @@ def test_wrong_whatsapp_settings_name_their_line(
 
     reason = assert_points_at(load_error(path), path, 1, key)
     assert why in reason
+
+
+def test_a_first_backoff_longer_than_the_cap_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "reconnect_initial_seconds = 30\nreconnect_max_seconds = 5\n")
+
+    reason = assert_points_at(
+        load_error(path), path, line_of(path, "reconnect_initial_seconds"),
+        "reconnect_initial_seconds",
+    )  # fmt: skip
+
+    assert reason == "must not exceed reconnect_max_seconds (5)"
