@@ -262,6 +262,15 @@ class _Run:
         applied = [o for o in latest.values() if o.state in live]
         applied.sort(key=self.outcomes.index)
         for done in reversed(applied):
+            if not done.previous:
+                # What it held before is unknown (WhatsApp did not report it): nothing to send.
+                outcome = replace(
+                    done, state=FieldState.RESTORE_FAILED, elapsed=None,
+                    error="not restored: its previous value was unknown",
+                )  # fmt: skip
+                self.outcomes.append(outcome)
+                yield outcome
+                continue
             # As every field event: ``value`` is what was requested, ``previous`` what it held
             # before the update, which the restore puts back.
             yield FieldEvent(done.field, FieldState.RESTORE_STARTED, done.value, done.previous)

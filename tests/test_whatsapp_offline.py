@@ -748,17 +748,18 @@ async def test_failed_pairing_returns_to_the_backoff(
     """After PairInstance fails, nobody is pairing: no dial as PAIRING, none before the backoff.
 
     A dial here is the gateway's probe (the recording proxy never answers its CONNECT, so
-    neonize is not called): one from the supervisor, one for the pairing, then none for 30 s.
+    neonize is not called). The store holds no device, so nothing dials before the pairing
+    (a store that holds one is refused pairing); the pairing dials once, then none for 30 s.
     """
-    store = store_with_device(tmp_path / "stores" / "wa-backoff.db")
+    store = tmp_path / "stores" / "wa-backoff.db"
     async with RecordingProxy("http") as proxy:
         harness = await start_gateway(
             whatsapp_instance("wa-backoff", proxy.url, store),
             reconnect_initial_seconds=30,
             reconnect_max_seconds=30,
         )
-        await wait_for_state(harness, "wa-backoff", ipb.INSTANCE_STATE_DISCONNECTED)
-        assert len(proxy.dials) == 1
+        await wait_for_state(harness, "wa-backoff", ipb.INSTANCE_STATE_NOT_PAIRED)
+        assert len(proxy.dials) == 0
 
         _, error = await stream_outcome(
             instance_stub(harness).PairInstance(
@@ -767,7 +768,7 @@ async def test_failed_pairing_returns_to_the_backoff(
         )
         assert error is not None
         assert error.code() == grpc.StatusCode.UNAVAILABLE
-        assert len(proxy.dials) == 2, "pairing dials once"
+        assert len(proxy.dials) == 1, "pairing dials once"
 
         session = harness.gateway.instances.get("wa-backoff")
         assert session is not None
@@ -776,7 +777,7 @@ async def test_failed_pairing_returns_to_the_backoff(
             states.add(session.session.status().state)
             await asyncio.sleep(0.01)
         assert SessionState.PAIRING not in states, "PAIRING after the pairing call had ended"
-        assert len(proxy.dials) == 2, (
+        assert len(proxy.dials) == 1, (
             f"{len(proxy.dials)} dials: the session dialed again at once after the failed "
             "pairing instead of waiting out its 30 s backoff"
         )

@@ -291,3 +291,28 @@ async def test_on_a_shared_postgres_store_each_instance_keeps_its_own_device(
     assert first.jid == JID, "the first instance's device was not touched"
     assert [d.jid for d in ffi.store(url).devices] == [JID, other]
     assert DeviceBook(tmp_path / "devices.json").jid("second") is not None
+
+
+async def test_a_store_that_holds_the_device_is_not_paired_again_before_its_jid_is_known(
+    start_whatsapp: StartWhatsApp,
+) -> None:
+    """The JID is known only from the first Device event; the store says it is linked before."""
+    ffi = StandInFFI(dial_error="failed to dial whatsapp web websocket: no route to host")
+    ffi.link_account("wa", JID)
+    wa = await start_whatsapp(ffi, "wa", reconnect_initial_seconds=5, reconnect_max_seconds=5)
+    await wa.wait_state("wa", instance_pb.INSTANCE_STATE_DISCONNECTED)
+    connects = ffi.connects
+
+    _, error = await drain(wa.pair("wa"))
+
+    assert error is not None
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.details() == "Pairing failed: already paired as a linked account"
+    assert ffi.connects == connects
+    assert [d.jid for d in ffi.store(str(wa_store(wa))).devices] == [JID]
+
+
+def wa_store(wa: WaGateway) -> Path:
+    instance = wa.gateway.instances.get("wa")
+    assert instance is not None
+    return Path(instance.session._store)  # type: ignore[attr-defined]

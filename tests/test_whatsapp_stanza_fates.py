@@ -9,6 +9,7 @@ error codes become the caller's: 429 RESOURCE_EXHAUSTED with a retry hint, 5xx U
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -333,3 +334,48 @@ async def test_one_field_whatsapp_reports_outside_the_table_leaves_the_others_kn
     assert ffi.stanzas == sent + 1
     assert ffi.device("wa").raw_settings["groupadd"] == "contacts"
     assert convert.settings_from_proto(response.settings)[Field.GROUP_ADD] == "contacts"
+
+
+async def test_an_unconfirmed_field_stays_unknown_over_whatsmeows_own_reconnect(
+    start_whatsapp: StartWhatsApp,
+) -> None:
+    """whatsmeow reconnects within the same client, whose cache still holds the value from
+    before the lost answer (privacysettings.go:63-105): only a new client's fetch settles it."""
+    ffi = linked(reconnect_wait=0.05)
+    wa = await started(start_whatsapp, ffi)
+    ffi.arrange("wa", Fault("drop", category="last", applied=True, reconnect_after=None))
+    await rpc_error(wa.update("wa", last_seen="none"))
+
+    ffi.reconnect("wa")
+    await wa.wait_state("wa", CONNECTED)
+    await asyncio.sleep(0.1)  # the re-read after Connected
+
+    settings = await wa.get("wa")
+    assert Field.LAST_SEEN not in settings, "the old cache must not be taken for WhatsApp's word"
+    assert Field.STATUS in settings, "the other fields are known"
+    # Setting it again sends the stanza (nothing says it is unchanged) and makes it known.
+    await wa.update("wa", last_seen="none")
+    assert (await wa.get("wa"))[Field.LAST_SEEN] == "none"
+
+
+async def test_rollback_does_not_send_an_unknown_previous_value(
+    start_whatsapp: StartWhatsApp,
+) -> None:
+    ffi = linked()
+    ffi.device("wa").raw_settings["last"] = "contact_allowlist"  # neonize cannot encode it
+    wa = await started(start_whatsapp, ffi)
+    ffi.arrange("wa", Fault("status", category="status", status=403, text="forbidden"))
+
+    messages, error = await drain(
+        stream(wa, pb.FAILURE_POLICY_ROLLBACK, last_seen="none", status="none")
+    )
+
+    assert error is not None
+    assert field_states(messages) == [
+        ("last_seen", "STARTED"),
+        ("last_seen", "APPLIED"),
+        ("status", "STARTED"),
+        ("status", "FAILED"),
+        ("last_seen", "RESTORE_FAILED"),
+    ]
+    assert ffi.device("wa").raw_settings["last"] == "none", "nothing empty was sent"

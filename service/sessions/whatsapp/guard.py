@@ -150,7 +150,7 @@ class Registration:
     (``REGISTRATION_PATIENCE``, or whatsmeow's "Dialing" line) until that sign comes.
     """
 
-    def __init__(self, guard: MapGuard, patience: float = REGISTRATION_PATIENCE) -> None:
+    def __init__(self, guard: MapGuard, patience: float | None = REGISTRATION_PATIENCE) -> None:
         self._guard = guard
         self._patience = patience
         self._lock = threading.Lock()
@@ -161,19 +161,28 @@ class Registration:
 
     def start(self) -> None:
         self._release_exclusive = self._guard.acquire_exclusive()
-        self._timer = threading.Timer(self._patience, self.dialing)
-        self._timer.daemon = True
-        self._timer.start()
+        if self._patience is not None:
+            self._timer = threading.Timer(self._patience, self.dialing)
+            self._timer.daemon = True
+            self._timer.start()
 
     def dialing(self) -> None:
-        """The map writes are done; the reads after the dial are still to come."""
-        with self._lock:
+        """The map writes are done; the reads after the dial are still to come.
+
+        Never waits for the lock: ``done(reads_follow=True)`` may hold it while it waits for the
+        guard, and this is called from whatsmeow's goroutines, which a Stop may be waiting on.
+        """
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
             if self._finished or self._reader is not None or self._release_exclusive is None:
                 return
             release, self._release_exclusive = self._release_exclusive, None
             # Taken before the exclusive side goes, so no writer slips in between.
             self._reader = self._guard.enter_reader_while_exclusive()
             release()
+        finally:
+            self._lock.release()
 
     def done(self, *, reads_follow: bool = False) -> None:
         """Past the maps (or, with ``reads_follow``, about to read them once more, briefly)."""
@@ -202,6 +211,10 @@ class Registration:
             self._reader = None
 
 
+#: Never set: what a parked Go thread waits on.
+_PARKED = threading.Event()
+
+
 class GuardedFFI:
     """Any ``WhatsAppFFI`` (neonize's, or the stand-in), with neonize's maps guarded.
 
@@ -214,6 +227,8 @@ class GuardedFFI:
         self.inner = inner
         self.guard = guard or MapGuard()
         self.qr_lifetimes = inner.qr_lifetimes
+        #: Sessions a Stop was called for (ids are never reused: one per link).
+        self._stopping: set[bytes] = set()
 
     def connect(
         self,
@@ -226,7 +241,11 @@ class GuardedFFI:
         log_level: str,
         new_device: bool = False,
     ) -> str:
-        registration = Registration(self.guard)
+        # A PostgreSQL store's open is a network connection (and whatsmeow's upgrade) before the
+        # last map write (main.go:621-654): no amount of patience proves it done, so such a
+        # registration holds the guard alone until a sign comes.
+        patience = None if store.startswith("postgres") else REGISTRATION_PATIENCE
+        registration = Registration(self.guard, patience)
 
         def on_qr(code: str) -> None:
             # The QR loop runs: registration is done, and nothing reads the maps until it ends.
@@ -235,7 +254,11 @@ class GuardedFFI:
 
         def on_status(status: str) -> None:
             # The QR loop is ending: CallbackFunction's reads (main.go:2529-2530, FetchMe 2504)
-            # come right after this returns.
+            # come right after this returns. If a Stop has begun for this session, FetchMe
+            # would read the client Stop deletes (a nil dereference): the call is parked here
+            # for good instead, which is no loss, as a stopped QR link never returns anyway.
+            if session_id in self._stopping:
+                _PARKED.wait()
             registration.done(reads_follow=True)
             callbacks.on_login_status(status)
 
@@ -273,5 +296,6 @@ class GuardedFFI:
             return self.inner.pair_phone(session_id, phone)
 
     def stop(self, session_id: bytes) -> None:
+        self._stopping.add(session_id)
         with self.guard.exclusive():
             self.inner.stop(session_id)

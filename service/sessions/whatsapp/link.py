@@ -84,6 +84,10 @@ class Link:
         self._qr_lifetimes = ffi.qr_lifetimes
         self._loop = asyncio.get_running_loop()
         self.phase = Phase.DIALING
+        #: The pairing this link was dialled for (a ``pairing.Pairing``), or None.
+        self.pairing: Any = None
+        #: Whether a Connected came already (a later one is whatsmeow's own reconnect).
+        self.connected_once = False
         self.started = time.monotonic()
         #: The call's result ("" after a stop), once it returned.
         self.result: str | None = None

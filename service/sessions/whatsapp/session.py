@@ -143,6 +143,7 @@ class WhatsAppSession:
         self._fresh = asyncio.Event()  # set once the current link's settings were read
         self._read_attempted = asyncio.Event()  # ... or once reading them was tried
         self._reading: tuple[Link, asyncio.Future[Settings]] | None = None
+        self._unconfirmed: set[Field] = set()
         self._notifier = ChangeNotifier()
         self._link: Link | None = None
         self._links = 0
@@ -168,7 +169,7 @@ class WhatsAppSession:
 
     async def read_settings(self) -> Settings:
         if self._cache is None:
-            settings = await self._fetch()
+            settings = self._known(await self._fetch())
             if self._cache is None:
                 self._remember(settings, ChangeSource.GATEWAY)
         return self._cache or Settings()
@@ -195,6 +196,8 @@ class WhatsAppSession:
                 self._forget(field)
             raise
         self._answered()
+        self._unconfirmed.discard(field)  # WhatsApp answered this one
+        settings = self._known(settings)
         if link is self._link:
             self._remember(settings, ChangeSource.GATEWAY)
         return settings
@@ -240,7 +243,10 @@ class WhatsAppSession:
     async def pair(self, phone: str | None) -> AsyncIterator[PairEvent]:
         """QR codes (or one pairing code for ``phone``) until the device is linked."""
         state = self._status.state
-        if self._status.jid or state in SENDING_STATES or state is SessionState.REPLACED:
+        linked = self._status.jid or state in SENDING_STATES or state is SessionState.REPLACED
+        if linked or self._has_device():
+            # A store that holds the device is not paired again (a second device would be made
+            # beside it, and GetFirstDevice would go on loading the old one).
             paired_as = self._status.jid or "a linked account"
             raise pair_error(Code.FAILED_PRECONDITION, f"already paired as {paired_as}")
         if self._pairing is not None:
@@ -262,7 +268,8 @@ class WhatsAppSession:
             if self._pairing is pairing:
                 self._pairing = None
             link = self._link
-            if not paired and link is not None and link.phase is not Phase.LIVE:
+            mine = link is not None and link.pairing is pairing
+            if not paired and link is not None and mine and link.phase is not Phase.LIVE:
                 link.stop()  # the caller left, or the pairing ended: give the link up
                 if self._status.state is SessionState.PAIRING:
                     self._set_state(SessionState.NOT_PAIRED)
@@ -295,6 +302,8 @@ class WhatsAppSession:
             if pairing is None and await self._nothing_to_dial():
                 continue
             problem = await self._probe(self._proxy) if self._probe is not None else ""
+            if pairing is not None and self._pairing is not pairing:
+                continue  # its caller left during the probe (a newer one, if any, goes next)
             if problem:
                 if pairing is not None:
                     pairing.tell("unreachable", problem)
@@ -312,37 +321,43 @@ class WhatsAppSession:
             self._fresh.clear()
             if self._closing:
                 return
-            if self._recycle:
-                self._recycle = False
-                continue
-            if self._status.state is SessionState.BANNED:
-                # A ban that is over at once (WhatsApp counts its expiry in whole seconds) must
-                # not become a redial loop: the backoff is its floor.
-                floor = time.time() + delay
-                if (self._status.retry_at or 0) < floor:
-                    self._status = replace(self._status, retry_at=floor)
-                delay = self._options.backoff.next(delay)
-                continue
-            failure = link.result or ""
-            if not failure and self._status.state is SessionState.DISCONNECTED:
-                failure = self._status.last_error  # WhatsApp refused it (ConnectFailure)
-            if failure:
-                if pairing is not None and self._pairing is pairing:
-                    pairing.tell("unreachable", failure)
-                    self._pairing = None
-                self._disconnected(failure, delay)
-                await self._wait(delay, for_pairing=True)
-                delay = self._options.backoff.next(delay)
-            else:
-                delay = self._options.backoff.initial
+            delay = await self._after(link, pairing, delay)
+
+    async def _after(self, link: Link, pairing: Pairing | None, delay: float) -> float:
+        """What follows a link's end: a redial at once (a re-read), after a ban, after the
+        backoff (a failure), or at the next turn (the backoff starts over); the next delay."""
+        if self._recycle:
+            self._recycle = False
+            return delay
+        if self._status.state is SessionState.BANNED:
+            # A ban that is over at once (WhatsApp counts its expiry in whole seconds) must not
+            # become a redial loop: the backoff is its floor.
+            floor = time.time() + delay
+            if (self._status.retry_at or 0) < floor:
+                self._status = replace(self._status, retry_at=floor)
+            return self._options.backoff.next(delay)
+        failure = link.result or ""
+        if not failure and self._status.state is SessionState.DISCONNECTED:
+            failure = self._status.last_error  # WhatsApp refused it (ConnectFailure)
+        if not failure:
+            return self._options.backoff.initial
+        if pairing is not None and self._pairing is pairing:
+            pairing.tell("unreachable", failure)
+            self._pairing = None
+        self._disconnected(failure, delay)
+        await self._wait(delay, for_pairing=True)
+        return self._options.backoff.next(delay)
 
     async def _nothing_to_dial(self) -> bool:
         """Waits (and says so) while there is nothing to dial: no device, an operator's turn,
         or a ban that has not expired."""
         keep = (SessionState.NOT_PAIRED, SessionState.LOGGED_OUT, SessionState.CLIENT_OUTDATED)
-        if self._status.state not in keep and not self._has_device():
+        has_device = self._has_device()
+        if self._status.state not in keep and not has_device:
             # Never dialled: a store without this instance's device would show QR codes.
             self._set_state(SessionState.NOT_PAIRED)
+        elif self._status.state is SessionState.NOT_PAIRED and has_device:
+            self._set_state(SessionState.CONNECTING)  # paired meanwhile (by another path)
         state = self._status.state
         if state in _WAITING:
             await self._wait()
@@ -372,6 +387,7 @@ class WhatsAppSession:
             jid=jid_bytes, proxy=self._proxy, log_level=self._options.log_level,
             sink=self._on_link, new_device=pairing is not None,
         )  # fmt: skip
+        self._link.pairing = pairing
         return self._link
 
     def _has_device(self) -> bool:
@@ -401,13 +417,20 @@ class WhatsAppSession:
         if handler is not None:
             handler(self, link, data)
 
+    def _for(self, link: Link) -> Pairing | None:
+        """The pairing ``link`` was dialled for, if its caller is still there."""
+        pairing = link.pairing
+        return pairing if pairing is not None and pairing is self._pairing else None
+
     def _on_qr(self, link: Link, code: str) -> None:
-        pairing = self._pairing
+        pairing = self._for(link)
         if pairing is None:
-            # The store lost its device (whatsmeow deletes it on a logout): nothing to dial.
-            self._devices.record(self.name, None)
-            self._set_state(SessionState.NOT_PAIRED, "the store holds no device: pair again")
             link.stop()
+            if link.pairing is None:
+                # Dialled as linked, yet showing codes: the store lost its device (whatsmeow
+                # deletes it on a logout). Nothing to dial until a pairing asks.
+                self._devices.record(self.name, None)
+                self._set_state(SessionState.NOT_PAIRED, "the store holds no device: pair again")
             return
         pairing.tell("qr", code)
         if pairing.phone and not pairing.code_requested:
@@ -421,21 +444,22 @@ class WhatsAppSession:
         self._set_state(SessionState.NOT_PAIRED, f"pairing ended: {status}")
         if status == "err-client-outdated":
             self._set_state(SessionState.CLIENT_OUTDATED, "WhatsApp says this client is outdated")
-        if self._pairing is not None:
-            self._pairing.tell("qr_status", status)
+        pairing = self._for(link)
+        if pairing is not None:
+            pairing.tell("qr_status", status)
             self._pairing = None
         link.stop()
 
     def _on_device(self, link: Link, payload: bytes) -> None:
         device = npb.Device.FromString(payload)
         jid = jid_text(device.JID)
-        if jid and self._pairing is not None:
+        if jid and link.pairing is not None:
             self._devices.record(self.name, device.JID)
         self._status = replace(self._status, jid=jid or self._status.jid)
 
     def _on_pair_status(self, link: Link, payload: bytes) -> None:
         event = npb.PairStatus.FromString(payload)
-        pairing = self._pairing
+        pairing = self._for(link)
         if event.Status == npb.PairStatus.SUCCESS:
             self._devices.record(self.name, event.ID)
             jid = jid_text(event.ID)
@@ -448,15 +472,19 @@ class WhatsAppSession:
             self._pairing = None
 
     def _on_connected(self, link: Link, _: bytes) -> None:
-        if self._pairing is not None:  # the store held a linked device after all
-            self._pairing.tell("already_paired", self._status.jid or "a linked account")
+        pairing = self._for(link)
+        if pairing is not None:  # the store held a linked device after all
+            pairing.tell("already_paired", self._status.jid or "a linked account")
             self._pairing = None
         self._set_state(SessionState.CONNECTED)
         # Every connection is read afresh: a new link is a new client with an empty cache, and
         # a reconnect may follow changes made while it was away.
         self._cache = None
         self._fresh.clear()
-        self._spawn(self._refresh(link, ChangeSource.PHONE))
+        # Only a link's first Connected is a new client; a later one is whatsmeow's reconnect
+        # within the client, whose cache still holds what a lost answer left there.
+        fresh, link.connected_once = not link.connected_once, True
+        self._spawn(self._refresh(link, ChangeSource.PHONE, fresh=fresh))
 
     def _on_disconnected(self, link: Link, _: bytes) -> None:
         # whatsmeow reconnects on its own (client.go:595-600, autoReconnect 623-656).
@@ -579,9 +607,9 @@ class WhatsAppSession:
             )
         return settings
 
-    async def _refresh(self, link: Link, source: ChangeSource) -> None:
-        """Reads the settings (whatsmeow's cache, or one fetch for a new client) and tells
-        listeners what changed."""
+    async def _refresh(self, link: Link, source: ChangeSource, *, fresh: bool = False) -> None:
+        """Reads the settings (whatsmeow's cache, or one fetch for a new client: ``fresh``) and
+        tells listeners what changed."""
         try:
             settings = await self._fetch()
         except SessionError as error:
@@ -591,7 +619,9 @@ class WhatsAppSession:
             if link is self._link:
                 self._read_attempted.set()
         if link is self._link:
-            self._remember(settings, source)
+            if fresh:
+                self._unconfirmed.clear()  # a new client fetched them from WhatsApp itself
+            self._remember(self._known(settings), source)
             self._fresh.set()
 
     def _remember(self, settings: Settings, source: ChangeSource) -> None:
@@ -599,9 +629,17 @@ class WhatsAppSession:
         self._notifier.publish(settings, source)
 
     def _forget(self, field: Field) -> None:
-        """A stanza whose answer was lost leaves ``field`` unknown until it is read again."""
-        if self._cache is not None and field in self._cache:
-            self._cache = Settings({f: v for f, v in self._cache.items() if f is not field})
+        """A stanza whose answer was lost leaves ``field`` unknown until a new client reads it:
+        whatsmeow's cache keeps the value from before (privacysettings.go:63-105)."""
+        self._unconfirmed.add(field)
+        if self._cache is not None:
+            self._cache = self._known(self._cache)
+
+    def _known(self, settings: Settings) -> Settings:
+        """``settings`` without the fields whose last stanza went unconfirmed."""
+        if not self._unconfirmed or not any(f in settings for f in self._unconfirmed):
+            return settings
+        return Settings({f: v for f, v in settings.items() if f not in self._unconfirmed})
 
     def _answered(self) -> None:
         """WhatsApp answered: a degraded connection is healthy again."""
