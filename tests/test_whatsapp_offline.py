@@ -52,6 +52,7 @@ from service.sessions.base import SessionError, SessionState
 from service.sessions.whatsapp import codec
 from service.sessions.whatsapp import link as whatsapp_link
 from service.sessions.whatsapp.devices import DeviceBook
+from service.sessions.whatsapp.ffi import Dial as NeonizeDial
 from service.sessions.whatsapp.ffi import LinkCallbacks, NeonizeFFI
 from service.sessions.whatsapp.guard import GuardedFFI
 from service.sessions.whatsapp.probe import probe_path
@@ -406,7 +407,7 @@ def connect_in_thread(
         store_name = str(store)
         result.append(
             ffi.connect(
-                session_id, store_name, jid=b"", proxy=proxy, callbacks=calls, log_level=log_level
+                NeonizeDial(session_id, store_name, proxy=proxy, log_level=log_level), calls
             )
         )
 
@@ -494,10 +495,7 @@ def child_get_after_failed_dial(store: str) -> None:
     """Child process: GetPrivacySettings on a client whose dial failed."""
     ffi = NeonizeFFI()
     session_id = b"child-get"
-    result = ffi.connect(
-        session_id, store, jid=b"", proxy=CLOSED_SOCKS, callbacks=no_op_callbacks(),
-        log_level="info",
-    )  # fmt: skip
+    result = ffi.connect(NeonizeDial(session_id, store, proxy=CLOSED_SOCKS), no_op_callbacks())
     _report("connected", result=result)
     settings = codec.parse_settings(ffi.get_privacy_settings(session_id))
     _report("read", unknown=not settings, settings=repr(settings))
@@ -575,8 +573,8 @@ class RecordingFFI:
         self.sent: list[tuple[str, str]] = []
         self.stopped: list[bytes] = []
 
-    def connect(self, session_id: bytes, store: str, **options: Any) -> str:
-        return self.inner.connect(session_id, store, **options)
+    def connect(self, dial: NeonizeDial, callbacks: LinkCallbacks) -> str:
+        return self.inner.connect(dial, callbacks)
 
     def set_privacy_setting(self, session_id: bytes, category: str, value: str) -> bytes:
         self.sent.append((category, value))

@@ -23,7 +23,7 @@ from service.proto.wagateway.privacy.v1 import instance_service_pb2 as instance_
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
 from service.sessions.simulated import DEFAULT_SETTINGS
-from service.sessions.whatsapp.ffi import LinkCallbacks
+from service.sessions.whatsapp.ffi import Dial, LinkCallbacks
 from service.sessions.whatsapp.link import Link, Phase
 from service.sessions.whatsapp.session import WhatsAppSession
 from service.sessions.whatsapp.standin import Fault, StandInFFI, Timing
@@ -71,23 +71,10 @@ class CountingFFI(StandInFFI):
         self.dials: list[float] = []
         self.returned: list[bytes] = []
 
-    def connect(
-        self,
-        session_id: bytes,
-        store: str,
-        *,
-        jid: bytes,
-        proxy: str | None,
-        callbacks: LinkCallbacks,
-        log_level: str,
-        new_device: bool = False,
-    ) -> str:
+    def connect(self, dial: Dial, callbacks: LinkCallbacks) -> str:
         self.dials.append(time.monotonic())
-        result = super().connect(
-            session_id, store, jid=jid, proxy=proxy, callbacks=callbacks,
-            log_level=log_level, new_device=new_device,
-        )  # fmt: skip
-        self.returned.append(session_id)
+        result = super().connect(dial, callbacks)
+        self.returned.append(dial.session_id)
         return result
 
 

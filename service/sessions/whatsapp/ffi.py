@@ -36,26 +36,29 @@ class LinkCallbacks:
     on_log: Callable[[bytes], None]
 
 
+@dataclass(frozen=True)
+class Dial:
+    """What one ``Neonize`` call connects: which session id (one per attempt), which store and
+    device (``jid``, a serialized ``JID``; empty: the store's first device, or with
+    ``new_device`` a new one to pair), through which proxy, at which log level."""
+
+    session_id: bytes
+    store: str
+    jid: bytes = b""
+    proxy: str | None = None
+    log_level: str = "info"
+    new_device: bool = False
+
+
 class WhatsAppFFI(Protocol):
     """neonize's Go exports, as the gateway uses them. Every call may block."""
 
     #: How long whatsmeow shows the first QR code, and each later one.
     qr_lifetimes: tuple[float, float]
 
-    def connect(
-        self,
-        session_id: bytes,
-        store: str,
-        *,
-        jid: bytes,
-        proxy: str | None,
-        callbacks: LinkCallbacks,
-        log_level: str,
-        new_device: bool = False,
-    ) -> str:
-        """Runs a connection (``Neonize``) for the device ``jid`` (a serialized ``JID``; empty:
-        the store's first device, or with ``new_device`` a new one to pair). Returns ``""`` once
-        ``stop`` ends it, or an error."""
+    def connect(self, dial: Dial, callbacks: LinkCallbacks) -> str:
+        """Runs a connection (``Neonize``) as ``dial`` says. Returns ``""`` once ``stop`` ends
+        it, or an error."""
         ...
 
     def set_privacy_setting(self, session_id: bytes, category: str, value: str) -> bytes:
@@ -115,17 +118,7 @@ class NeonizeFFI:
         # they are kept for the life of the process (one small tuple per connection attempt).
         self._callbacks: list[tuple[Any, ...]] = []
 
-    def connect(
-        self,
-        session_id: bytes,
-        store: str,
-        *,
-        jid: bytes,
-        proxy: str | None,
-        callbacks: LinkCallbacks,
-        log_level: str,
-        new_device: bool = False,
-    ) -> str:
+    def connect(self, dial: Dial, callbacks: LinkCallbacks) -> str:
         from neonize._binder import (  # noqa: PLC0415
             ProxySettings,
             func_callback_bytes,
@@ -154,10 +147,11 @@ class NeonizeFFI:
         props = DeviceProps(os="privacy-gateway", platformType=DeviceProps.CHROME)
         props_bytes = props.SerializeToString()
         # No proxy means a direct dial ("" for neonize), never the environment's HTTPS_PROXY.
-        proxy_struct = ProxySettings(proxy_address=proxy or "")._to_c_struct()
+        proxy_struct = ProxySettings(proxy_address=dial.proxy or "")._to_c_struct()
+        jid = dial.jid
         result: bytes = self._go.Neonize(
-                store.encode(), session_id, jid, len(jid), int(new_device),
-                log_level.upper().encode(),
+                dial.store.encode(), dial.session_id, jid, len(jid), int(dial.new_device),
+                dial.log_level.upper().encode(),
                 refs[0], refs[1], refs[2], log_ref, SUBSCRIPTIONS, len(SUBSCRIPTIONS),
                 props_bytes, len(props_bytes), b"", 0, ctypes.byref(proxy_struct),
         )  # fmt: skip

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from service.sessions.whatsapp.ffi import LinkCallbacks, WhatsAppFFI
+from service.sessions.whatsapp.ffi import Dial, LinkCallbacks, WhatsAppFFI
 
 #: How long after entering a Go export a call may still read neonize's maps (see above).
 READ_WINDOW = 1.0
@@ -230,21 +230,11 @@ class GuardedFFI:
         #: Sessions a Stop was called for (ids are never reused: one per link).
         self._stopping: set[bytes] = set()
 
-    def connect(
-        self,
-        session_id: bytes,
-        store: str,
-        *,
-        jid: bytes,
-        proxy: str | None,
-        callbacks: LinkCallbacks,
-        log_level: str,
-        new_device: bool = False,
-    ) -> str:
+    def connect(self, dial: Dial, callbacks: LinkCallbacks) -> str:
         # A PostgreSQL store's open is a network connection (and whatsmeow's upgrade) before the
         # last map write (main.go:621-654): no amount of patience proves it done, so such a
         # registration holds the guard alone until a sign comes.
-        patience = None if store.startswith("postgres") else REGISTRATION_PATIENCE
+        patience = None if dial.store.startswith("postgres") else REGISTRATION_PATIENCE
         registration = Registration(self.guard, patience)
 
         def on_qr(code: str) -> None:
@@ -257,7 +247,7 @@ class GuardedFFI:
             # come right after this returns. If a Stop has begun for this session, FetchMe
             # would read the client Stop deletes (a nil dereference): the call is parked here
             # for good instead, which is no loss, as a stopped QR link never returns anyway.
-            if session_id in self._stopping:
+            if dial.session_id in self._stopping:
                 _PARKED.wait()
             registration.done(reads_follow=True)
             callbacks.on_login_status(status)
@@ -276,10 +266,7 @@ class GuardedFFI:
         guarded = LinkCallbacks(on_qr, on_status, on_event, on_log)
         registration.start()
         try:
-            return self.inner.connect(
-                session_id, store, jid=jid, proxy=proxy, callbacks=guarded,
-                log_level=log_level, new_device=new_device,
-            )  # fmt: skip
+            return self.inner.connect(dial, guarded)
         finally:
             registration.ended()
 

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from service.sessions.whatsapp.ffi import EVENT_CODES, LinkCallbacks, WhatsAppFFI
+from service.sessions.whatsapp.ffi import EVENT_CODES, Dial, LinkCallbacks, WhatsAppFFI
 from service.sessions.whatsapp.guard import READ_WINDOW
 from service.sessions.whatsapp.threads import BlockingCalls
 
@@ -68,16 +68,10 @@ class Link:
         self,
         ffi: WhatsAppFFI,
         blocking: BlockingCalls,
-        session_id: bytes,
-        store: str,
-        *,
-        jid: bytes,
-        proxy: str | None,
-        log_level: str,
+        dial: Dial,
         sink: Sink,
-        new_device: bool = False,
     ) -> None:
-        self.session_id = session_id
+        self.session_id = session_id = dial.session_id
         self._ffi = ffi
         self._blocking = blocking
         self._sink = sink
@@ -113,15 +107,7 @@ class Link:
 
         def run() -> None:
             try:
-                result = ffi.connect(
-                    session_id,
-                    store,
-                    jid=jid,
-                    proxy=proxy,
-                    callbacks=callbacks,
-                    log_level=log_level,
-                    new_device=new_device,
-                )
+                result = ffi.connect(dial, callbacks)
             except Exception as exc:  # a crash of the binding itself
                 result = f"connection failed: {exc}"
             deliver("returned", result)

@@ -45,7 +45,7 @@ from service.sessions.base import (
 from service.sessions.whatsapp import codec
 from service.sessions.whatsapp.devices import DeviceBook, is_postgres, jid_text
 from service.sessions.whatsapp.devices import sqlite_store_has_device as _sqlite_has_device
-from service.sessions.whatsapp.ffi import WhatsAppFFI
+from service.sessions.whatsapp.ffi import Dial, WhatsAppFFI
 from service.sessions.whatsapp.link import Link, Phase
 from service.sessions.whatsapp.pairing import Pairing, pair_error
 from service.sessions.whatsapp.threads import BlockingCalls
@@ -373,20 +373,14 @@ class WhatsAppSession:
         self._links += 1
         session_id = f"{self.name}#{self._links}".encode()
         jid = self._devices.jid(self.name)
-        if pairing is not None:
-            self._set_state(SessionState.PAIRING)
-            jid_bytes = b""
-        else:
-            self._set_state(SessionState.CONNECTING)
-            # A PostgreSQL store holds other instances' devices too: always name ours.
-            jid_bytes = (
-                jid.SerializeToString() if jid is not None and is_postgres(self._store) else b""
-            )
-        self._link = Link(
-            self._ffi, self._blocking_calls, session_id, self._store,
-            jid=jid_bytes, proxy=self._proxy, log_level=self._options.log_level,
-            sink=self._on_link, new_device=pairing is not None,
+        self._set_state(SessionState.CONNECTING if pairing is None else SessionState.PAIRING)
+        # A PostgreSQL store holds other instances' devices too: always name ours.
+        named = pairing is None and jid is not None and is_postgres(self._store)
+        dial = Dial(
+            session_id, self._store, jid.SerializePartialToString() if named and jid else b"",
+            self._proxy, self._options.log_level, new_device=pairing is not None,
         )  # fmt: skip
+        self._link = Link(self._ffi, self._blocking_calls, dial, self._on_link)
         self._link.pairing = pairing
         return self._link
 

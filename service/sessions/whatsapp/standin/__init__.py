@@ -23,7 +23,7 @@ from pathlib import Path
 
 from neonize.proto import Neonize_pb2 as npb
 
-from service.sessions.whatsapp.ffi import LinkCallbacks
+from service.sessions.whatsapp.ffi import Dial, LinkCallbacks
 from service.sessions.whatsapp.standin.client import (
     EXIT,
     Client,
@@ -72,29 +72,20 @@ class StandInFFI:
 
     # -- neonize's exports -------------------------------------------------------------------
 
-    def connect(
-        self,
-        session_id: bytes,
-        store: str,
-        *,
-        jid: bytes,
-        proxy: str | None,
-        callbacks: LinkCallbacks,
-        log_level: str,
-        new_device: bool = False,
-    ) -> str:
+    def connect(self, dial: Dial, callbacks: LinkCallbacks) -> str:
         """``Neonize`` (goneonize/main.go:607-1178)."""
+        session_id, log_level = dial.session_id, dial.log_level
         from service.sessions.whatsapp.ffi import SUBSCRIPTIONS  # noqa: PLC0415
 
         self.connects += 1
         stopped = threading.Event()
         with self.maps.write() as maps:  # main.go:613-614
             maps.stop_signals[session_id] = stopped
-        container = self.store(store)
+        container = self.store(dial.store)
         container.open()  # main.go:623, getDB 58-64: opened, never closed
         with self.maps.write() as maps:  # main.go:625-626
             maps.event_channels[session_id] = session_id
-        device = self._choose_device(container, jid, new_device)
+        device = self._choose_device(container, dial.jid, dial.new_device)
         client = Client(
             self.runtime, container, device, callbacks=callbacks,
             subscriptions=frozenset(SUBSCRIPTIONS) | {0}, log_level=log_level,
