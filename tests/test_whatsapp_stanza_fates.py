@@ -253,6 +253,7 @@ async def test_whatsapps_rate_limit_is_resource_exhausted_with_a_retry_hint(
     assert error.details() == (
         "failed to update lastSeen privacy: info query returned status 429: rate-overlimit"
     )
+    assert ffi.device("wa").raw_settings["last"] == "all", "nothing changed on WhatsApp"
     status = rpc_status.from_call(error)
     assert status is not None
     assert error_info(status).reason == "WHATSAPP_RATE_LIMITED"
@@ -268,6 +269,10 @@ async def test_whatsapps_server_errors_are_unavailable(start_whatsapp: StartWhat
     error = await rpc_error(wa.update("wa", last_seen="none"))
 
     assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert error.details() == (
+        "failed to update lastSeen privacy: info query returned status 503: service-unavailable"
+    )
+    assert ffi.device("wa").raw_settings["last"] == "all", "nothing changed on WhatsApp"
     status = rpc_status.from_call(error)
     assert status is not None
     assert error_info(status).reason == "WHATSAPP_UNAVAILABLE"
