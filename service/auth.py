@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from service.errors import Code, GatewayError
+from service import errors
 
 TOKEN_BYTES = 32
 
@@ -62,18 +62,14 @@ class TokenRegistry:
                 raise ValueError(f"{principal.label} and {other.label} share a token")
             self._by_hash[digest] = principal
 
-    def authenticate(self, token: str | None, carrier: str = "metadata") -> Principal:
-        """The token's holder; ``carrier`` says where callers send it (gRPC metadata, header)."""
+    def authenticate(self, token: str | None) -> Principal:
+        """The token's holder."""
         if not token:
-            raise GatewayError(
-                Code.UNAUTHENTICATED,
-                f"Missing token: send it in the `token` {carrier}",
-                "TOKEN_MISSING",
-            )
+            raise errors.TOKEN_MISSING.error()
         digest = hashlib.sha256(token.encode()).digest()
         principal = self._by_hash.get(digest)
         if principal is None or not hmac.compare_digest(
             digest, bytes.fromhex(principal.token_sha256)
         ):
-            raise GatewayError(Code.UNAUTHENTICATED, "Invalid token", "TOKEN_INVALID")
+            raise errors.TOKEN_INVALID.error()
         return principal

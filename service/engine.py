@@ -24,7 +24,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 
 from service import errors
-from service.errors import Code, GatewayError
+from service.errors import Reason, UpdateFailed
 from service.instances import Instance
 from service.sessions.base import SessionError, StanzaFate
 from service.settings import Field, Settings
@@ -67,15 +67,18 @@ class UpdateOptions:
 
 @dataclass(frozen=True, slots=True)
 class Halt:
-    """Why no further stanza may start: the caller cancelled, or its deadline passed."""
+    """Why no further stanza may start: the caller cancelled, its deadline passed, the gateway is
+    stopping... ``why`` is the reason the update ends with, ``text`` what its untried fields say."""
 
-    code: Code
-    reason: str
+    why: Reason
+    text: str
 
 
 HaltCheck = Callable[[], Halt | None]
-DEADLINE_PASSED = Halt(Code.DEADLINE_EXCEEDED, "the deadline passed")
-CALLER_CANCELLED = Halt(Code.CANCELLED, "the caller cancelled")
+DEADLINE_PASSED = Halt(errors.DEADLINE_EXCEEDED, "the deadline passed")
+CALLER_CANCELLED = Halt(errors.CANCELLED, "the caller cancelled")
+SHUTTING_DOWN = Halt(errors.SHUTTING_DOWN, "the gateway is shutting down")
+JOURNAL_FAILED = Halt(errors.JOURNAL_FAILED, "the journal could not record the update")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +137,6 @@ class Snapshot:
 Event = Plan | FieldEvent | Snapshot
 
 
-class UpdateFailed(GatewayError):
-    """An update stopped part-way; ``snapshot`` says what was applied and what the settings are."""
-
-    snapshot: Snapshot
-
-
 def validate(requested: Mapping[Field, str]) -> Settings:
     """The request as ``Settings``; raises the REST contract's errors for an empty one."""
     if not requested:
@@ -152,13 +149,13 @@ def validate(requested: Mapping[Field, str]) -> Settings:
 async def read_settings(instance: Instance) -> Settings:
     """The instance's complete settings, from the session (its cache when it has one)."""
     if not instance.session.connected:
-        raise errors.not_connected(instance.name)
+        raise errors.INSTANCE_NOT_CONNECTED.error(instance=instance.name)
     try:
         return await instance.session.read_settings()
     except SessionError as exc:
         if exc.connection_lost:
-            raise errors.not_connected(instance.name) from exc
-        raise errors.settings_unknown(instance.name, exc.reason) from exc
+            raise errors.INSTANCE_NOT_CONNECTED.error(instance=instance.name) from exc
+        raise errors.SETTINGS_UNKNOWN.error(instance=instance.name, detail=exc.reason) from exc
 
 
 async def update(
@@ -230,7 +227,7 @@ class _Run:
             elif not step.sends:
                 outcome = FieldEvent(step.field, FieldState.UNCHANGED, step.target, step.current)
             elif (halt := should_halt()) is not None:
-                self.halted, stop_reason = (step, halt), halt.reason
+                self.halted, stop_reason = (step, halt), halt.text
                 outcome = _not_attempted(step, stop_reason)
             else:
                 yield FieldEvent(step.field, FieldState.STARTED, step.target, step.current)
@@ -356,19 +353,12 @@ def _failed(instance: Instance, snapshot: Snapshot, run: _Run) -> UpdateFailed:
         assert run.halted is not None
         step, halt = run.halted
         metadata["field"] = step.field.value
-        failed = UpdateFailed(
-            halt.code,
-            f"{halt.reason} before updating {step.field.spec.rest_name} privacy",
-            halt.code.value,
-            metadata,
-        )
-        failed.snapshot = snapshot
-        return failed
+        return halt.why.failure(snapshot, extra=metadata, field=step.field.spec.rest_name)
     step, error = run.failures[0]
-    message = f"failed to update {step.field.spec.rest_name} privacy: {error.reason}"
+    detail = error.reason
     if len(run.failures) > 1:
         others = ", ".join(s.field.spec.rest_name for s, _ in run.failures[1:])
-        message += f" (also failed: {others})"
+        detail += f" (also failed: {others})"
     restored, unrestored = (
         _names(snapshot, FieldState.RESTORED),
         [o for o in snapshot.outcomes if o.state is FieldState.RESTORE_FAILED],
@@ -378,23 +368,26 @@ def _failed(instance: Instance, snapshot: Snapshot, run: _Run) -> UpdateFailed:
         metadata["restore_failed"] = ",".join(o.field.value for o in unrestored)
         if unrestored:
             stuck = ", ".join(f"{o.field.spec.rest_name} still {o.value}" for o in unrestored)
-            message += f"; rollback incomplete: {stuck}"
+            detail += f"; rollback incomplete: {stuck}"
         else:
-            message += "; rolled back"
+            detail += "; rolled back"
     metadata["field"] = step.field.value
     metadata["failed"] = ",".join(s.field.value for s, _ in run.failures)
     unconfirmed = _unresolved(snapshot)
     if unconfirmed:
         metadata["unconfirmed"] = ",".join(f.value for f in unconfirmed)
-    code, reason = _stanza_failure(error)
     if error.unconfirmed:
-        message += " (sent, but the answer was lost: WhatsApp may hold the new value)"
-    failed = UpdateFailed(code, message, reason, metadata, retry_after_seconds=error.retry_after)
-    failed.snapshot = snapshot
-    return failed
+        detail += " (sent, but the answer was lost: WhatsApp may hold the new value)"
+    return _stanza_failure(error).failure(
+        snapshot,
+        retry_after=error.retry_after,
+        extra=metadata,
+        field=step.field.spec.rest_name,
+        detail=detail,
+    )
 
 
-def _stanza_failure(error: SessionError) -> tuple[Code, str]:
+def _stanza_failure(error: SessionError) -> Reason:
     """The status and reason a failed stanza ends its update with.
 
     A stanza that never left, or whose answer was lost, is the connection's trouble
@@ -402,14 +395,14 @@ def _stanza_failure(error: SessionError) -> tuple[Code, str]:
     server errors (5xx) UNAVAILABLE; any other refusal is INTERNAL, as in the REST contract.
     """
     if error.fate is StanzaFate.NOT_SENT:
-        return Code.UNAVAILABLE, "CONNECTION_LOST"
+        return errors.CONNECTION_LOST
     if error.fate is StanzaFate.UNCONFIRMED:
-        return Code.UNAVAILABLE, "STANZA_UNCONFIRMED"
+        return errors.STANZA_UNCONFIRMED
     if error.status == 429:
-        return Code.RESOURCE_EXHAUSTED, "WHATSAPP_RATE_LIMITED"
+        return errors.WHATSAPP_RATE_LIMITED
     if error.status is not None and error.status >= 500:
-        return Code.UNAVAILABLE, "WHATSAPP_UNAVAILABLE"
-    return Code.INTERNAL, "STANZA_FAILED"
+        return errors.WHATSAPP_UNAVAILABLE
+    return errors.STANZA_FAILED
 
 
 def _unresolved(snapshot: Snapshot) -> list[Field]:

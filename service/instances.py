@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 from service import errors
 from service.auth import Principal, Scope
-from service.errors import Code, GatewayError
 from service.sessions.base import Session
 
 
@@ -50,14 +49,16 @@ class InstanceDirectory:
         nothing about other instances; an account token learns only whether a name exists.
         """
         if not name:
-            raise errors.instance_required()
+            raise errors.INSTANCE_REQUIRED.error(
+                violations=(errors.Violation("instance", "must name a configured instance"),)
+            )
         if principal.scope is Scope.INSTANCE and principal.name != name:
-            raise _forbidden(principal, name)
+            raise errors.INSTANCE_FORBIDDEN.error(instance=name)
         instance = self._by_name.get(name)
         if instance is None:
-            raise errors.instance_not_found(name)
+            raise errors.INSTANCE_NOT_FOUND.error(instance=name)
         if instance.account != principal.account:
-            raise _forbidden(principal, name)
+            raise errors.INSTANCE_FORBIDDEN.error(instance=name)
         return instance
 
     def visible_to(self, principal: Principal) -> list[Instance]:
@@ -65,12 +66,3 @@ class InstanceDirectory:
         if principal.scope is Scope.INSTANCE:
             return [i for i in self if i.name == principal.name]
         return [i for i in self if i.account == principal.account]
-
-
-def _forbidden(principal: Principal, name: str) -> GatewayError:
-    return GatewayError(
-        Code.PERMISSION_DENIED,
-        f"This token may not act on instance {name}",
-        "INSTANCE_FORBIDDEN",
-        {"instance": name},
-    )

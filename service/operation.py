@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from service.engine import (
     CALLER_CANCELLED,
     DEADLINE_PASSED,
+    JOURNAL_FAILED,
     Event,
     FailurePolicy,
     FieldEvent,
@@ -25,15 +26,12 @@ from service.engine import (
     Plan,
     PlanStep,
     Snapshot,
-    UpdateFailed,
     UpdateOptions,
 )
-from service.errors import Code, GatewayError
+from service.errors import GatewayError, reason_named
 from service.instances import Instance
-from service.journal import COMPLETED, INTERRUPTED, OperationRow, as_json
+from service.journal import COMPLETED, OperationRow, as_json
 from service.settings import Field, Settings
-
-JOURNAL_FAILED = Halt(Code.INTERNAL, "the journal could not record the update")
 
 
 @dataclass(frozen=True)
@@ -202,16 +200,8 @@ def replayed(instance: Instance, row: OperationRow) -> Operation:
     settings = Settings({Field(k): v for k, v in (row.settings or {}).items()})
     snapshot = Snapshot(settings, tuple(outcomes))
     if row.state != COMPLETED:
-        code = Code(row.error_code) if row.error_code else Code.UNAVAILABLE
-        if row.state == INTERRUPTED:
-            code = Code.UNAVAILABLE
-        failed = UpdateFailed(
-            code,
-            row.error_message or row.state,
-            row.error_reason or row.state,
-            dict(row.error_metadata or {}),
-        )
-        failed.snapshot = snapshot
+        reason = reason_named(row.error_reason or row.state)
+        failed = reason.recorded(row.error_message or row.state, row.error_metadata or {}, snapshot)
         snapshot = Snapshot(settings, snapshot.outcomes, failed)
     operation.publish(snapshot)
     operation.end()

@@ -21,16 +21,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service import engine
+from service import engine, errors
 from service.engine import (
     FINAL_STATES,
+    SHUTTING_DOWN,
     Event,
     FieldEvent,
-    Halt,
     Plan,
     Snapshot,
 )
-from service.errors import Code, GatewayError
+from service.errors import Code, GatewayError, shown
 from service.instances import Instance
 from service.journal import COMPLETED, FAILED, RUNNING, Journal, OperationRow, OutcomeRow
 from service.operation import Operation, UpdateRequest, replayed
@@ -85,7 +85,7 @@ class Operations:
         for task in self._upkeep:
             task.cancel()
         for operation in list(self._running.values()):
-            operation.halt(Halt(Code.UNAVAILABLE, "the gateway is shutting down"))
+            operation.halt(SHUTTING_DOWN)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._journal is not None:
             await self._journal.close()
@@ -165,7 +165,7 @@ class Operations:
             operation.end(refused)
         except Exception as exc:
             log.exception("update %s failed unexpectedly", operation.id)
-            crash = GatewayError(Code.INTERNAL, f"internal error: {exc}", "INTERNAL")
+            crash = errors.INTERNAL.error(detail=exc)
             if journal.begun:
                 ending = (crash.code.value, crash.reason, crash.message)
                 with contextlib.suppress(Exception):
@@ -188,11 +188,8 @@ class Operations:
     async def get(self, instance: Instance, operation_id: str) -> OperationRow:
         row = await self._read(self.journal.get, instance.name, operation_id)
         if row is None:
-            raise GatewayError(
-                Code.NOT_FOUND,
-                f"Operation not found: {operation_id}",
-                "OPERATION_NOT_FOUND",
-                {"instance": instance.name, "operation_id": operation_id},
+            raise errors.OPERATION_NOT_FOUND.error(
+                instance=instance.name, operation_id=shown(operation_id)
             )
         return row
 
@@ -202,9 +199,7 @@ class Operations:
         try:
             return await self._read(self.journal.list, instance.name, page_size, page_token)
         except ValueError as exc:
-            raise GatewayError(
-                Code.INVALID_ARGUMENT, "Invalid page_token", "INVALID_PAGE_TOKEN"
-            ) from exc
+            raise errors.INVALID_PAGE_TOKEN.error() from exc
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -302,12 +297,7 @@ def _same_request(known: UpdateRequest, request: UpdateRequest) -> None:
 
 
 def _reused(request_id: str) -> GatewayError:
-    return GatewayError(
-        Code.INVALID_ARGUMENT,
-        f"request_id {request_id} was already used for a different request",
-        "REQUEST_ID_REUSED",
-        {"request_id": request_id},
-    )
+    return errors.REQUEST_ID_REUSED.error(request_id=request_id)
 
 
 def _row(operation: Operation) -> OperationRow:

@@ -12,7 +12,7 @@ from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from service.errors import Code, GatewayError
+from service import errors
 
 DEFAULT_PER_MINUTE = 100
 
@@ -33,10 +33,4 @@ class RateLimiter:
             return
         reset_at = self._limiter.get_window_stats(self._item, key).reset_time
         retry_after = max(0.0, reset_at - time.time())
-        raise GatewayError(
-            Code.RESOURCE_EXHAUSTED,
-            f"Rate limit exceeded: {self.per_minute} requests per minute",
-            "RATE_LIMITED",
-            {"limit_per_minute": str(self.per_minute)},
-            retry_after_seconds=retry_after,
-        )
+        raise errors.RATE_LIMITED.error(retry_after=retry_after, limit_per_minute=self.per_minute)

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service import engine
+from service import engine, errors
 from service.engine import CALLER_CANCELLED, Event, FieldEvent, FieldState, Halt, Plan, Snapshot
-from service.errors import NO_SETTINGS_MESSAGE, NOT_CONNECTED_MESSAGE, Code, GatewayError
+from service.errors import Code, GatewayError
 from service.instances import Instance
 from service.sessions.simulated import (
     DEFAULT_SETTINGS,
@@ -226,7 +226,7 @@ async def test_empty_request_raises_no_settings_before_any_event() -> None:
 
     assert raised.value.code is Code.INVALID_ARGUMENT
     assert raised.value.reason == "NO_SETTINGS"
-    assert raised.value.message == NO_SETTINGS_MESSAGE
+    assert raised.value.message == errors.NO_SETTINGS.message
     assert session.sent == []
 
 
@@ -240,7 +240,7 @@ async def test_disconnected_session_raises_not_connected_before_any_event() -> N
 
     assert raised.value.code is Code.FAILED_PRECONDITION
     assert raised.value.reason == "INSTANCE_NOT_CONNECTED"
-    assert raised.value.message == NOT_CONNECTED_MESSAGE
+    assert raised.value.message == errors.INSTANCE_NOT_CONNECTED.message
     assert session.sent == []
     assert not instance.lock.locked()
 

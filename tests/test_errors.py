@@ -362,7 +362,7 @@ async def test_unknown_instance_with_an_account_token_is_not_found(
 
 # -- authentication -------------------------------------------------------------------------
 
-MISSING_TOKEN = "Missing token: send it in the `token` metadata"
+MISSING_TOKEN = "Missing token: send it as `token` (gRPC metadata, or an HTTP header)"
 
 
 @pytest.mark.parametrize(

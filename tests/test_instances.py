@@ -131,7 +131,7 @@ async def test_list_instances_needs_a_known_token(mixed: WaGateway) -> None:
 
     assert (missing.code(), missing.details()) == (
         grpc.StatusCode.UNAUTHENTICATED,
-        "Missing token: send it in the `token` metadata",
+        "Missing token: send it as `token` (gRPC metadata, or an HTTP header)",
     )
     assert (wrong.code(), wrong.details()) == (grpc.StatusCode.UNAUTHENTICATED, "Invalid token")
 
@@ -240,7 +240,7 @@ async def test_get_instance_without_a_token_is_unauthenticated(mixed: WaGateway)
     )
 
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert error.details() == "Missing token: send it in the `token` metadata"
+    assert error.details() == "Missing token: send it as `token` (gRPC metadata, or an HTTP header)"
     assert error_reason(error) == "TOKEN_MISSING"
 
 

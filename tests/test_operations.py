@@ -387,7 +387,7 @@ async def test_list_rejects_an_invalid_page_token(gateway: Harness, page_token: 
     error = await _rpc_error(_list_page(gateway, page_token=page_token))
 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details() == "Invalid page_token"
+    assert error.details() == "Invalid page token"
 
 
 async def test_unknown_operation_is_not_found(gateway: Harness) -> None:
@@ -992,7 +992,7 @@ async def test_request_id_with_a_different_request_is_invalid(
         _stream(gateway, settings, request_id=request_id, **change)
     )
 
-    message = f"request_id {request_id} was already used for a different request"
+    message = f"Request id {request_id} was already used for a different request"
     assert unary.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert unary.details() == message
     assert stream_messages == []
@@ -1019,7 +1019,7 @@ async def test_request_id_with_a_different_request_while_running_is_invalid(
     rest, first_error = await _drain(first)
 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details() == f"request_id {request_id} was already used for a different request"
+    assert error.details() == f"Request id {request_id} was already used for a different request"
     assert first_error is None
     assert [u.state for u in _finals(_updates([plan, *rest]))] == [pb.FIELD_STATE_APPLIED] * 3
     assert _sets(session) == [SentStanza(f.spec.category, v) for f, v in THREE_CHANGES.items()]

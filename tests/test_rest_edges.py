@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiohttp.web_request import BaseRequest
 
+from service import errors
 from service.grpc.convert import settings_to_proto
 from service.settings import Field, Settings
 from tests.conftest import (
@@ -283,8 +284,8 @@ async def test_json_content_type_with_charset_is_accepted(rest: Rest) -> None:
 @pytest.mark.parametrize(
     ("token", "instance", "expected"),
     [
-        (None, "sales", (401, "Missing token: send it in the `token` header")),
-        ("", "sales", (401, "Missing token: send it in the `token` header")),
+        (None, "sales", (401, errors.TOKEN_MISSING.message)),
+        ("", "sales", (401, errors.TOKEN_MISSING.message)),
         ("not-a-token", "sales", (401, "Invalid token")),
         (ACME_TOKEN.upper(), "sales", (401, "Invalid token")),
         (SALES_TOKEN, "support", (403, "This token may not act on instance support")),

@@ -246,7 +246,7 @@ async def test_whatsapps_rate_limit_on_a_pairing_code_is_resource_exhausted(
     )
     status = rpc_status.from_call(error)
     assert status is not None
-    assert error_info(status).reason == "PAIRING_FAILED"
+    assert error_info(status).reason == "PAIRING_RATE_LIMITED"
 
 
 async def test_closing_the_gateway_mid_pairing_is_quick(start_whatsapp: StartWhatsApp) -> None:

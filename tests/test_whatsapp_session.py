@@ -395,7 +395,7 @@ async def test_pairing_that_nobody_scans_ends_with_deadline_exceeded(
     assert error is not None
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert error.details() == "Pairing failed: no QR code was scanned in time"
-    assert error_reason(error) == "PAIRING_FAILED"
+    assert error_reason(error) == "PAIRING_TIMED_OUT"
     instance = await wa.wait_state("wa", NOT_PAIRED)
     assert instance.last_error == "pairing ended: timeout"
 

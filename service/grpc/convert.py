@@ -13,8 +13,9 @@ from collections.abc import Mapping
 
 from google.protobuf.descriptor import EnumDescriptor
 
+from service import errors
 from service.engine import Event, FieldEvent, FieldState, Plan, Snapshot
-from service.errors import Code, GatewayError, Violation
+from service.errors import Violation
 from service.instances import Instance
 from service.journal import OperationRow
 from service.proto.wagateway.privacy.v1 import instance_service_pb2 as instance_pb
@@ -107,6 +108,7 @@ def requested_from_proto(message: settings_pb.PrivacySettings) -> dict[Field, st
     """
     requested: dict[Field, str] = {}
     violations: list[Violation] = []
+    invalid: list[tuple[str, int, str]] = []
     for spec in FIELDS:
         number: int = getattr(getattr(message, spec.section), spec.proto_name)
         if number == 0:
@@ -114,21 +116,20 @@ def requested_from_proto(message: settings_pb.PrivacySettings) -> dict[Field, st
         value = _FROM_NUMBER[spec.field].get(number)
         if value is None:
             valid = ", ".join(valid_value_names(spec))
-            violations.append(
-                Violation(
-                    f"settings.{spec.proto_path}",
-                    f"Invalid settings.{spec.proto_path} value: {number}. Valid values: {valid}",
-                )
-            )
+            where = f"settings.{spec.proto_path}"
+            invalid.append((where, number, valid))
+            text = errors.INVALID_VALUE.message.format(field=where, value=number, valid=valid)
+            violations.append(Violation(where, text))
         else:
             requested[spec.field] = value
     if violations:
-        raise GatewayError(
-            Code.INVALID_ARGUMENT,
-            violations[0].description,
-            "INVALID_VALUE",
-            {"field": violations[0].field},
-            tuple(violations),
+        where, number, valid = invalid[0]
+        raise errors.INVALID_VALUE.error(
+            violations=tuple(violations),
+            extra={"field": where},
+            field=where,
+            value=number,
+            valid=valid,
         )
     return requested
 

@@ -2,14 +2,14 @@
 
 The interceptor wraps each handler of the gateway's own services (not health or reflection, which
 probes and tools call without a token) so that, in the handler's own task, it authenticates the
-``token`` metadata, counts the call against that token's rate limit, exposes the caller through
-``current_principal``, and turns any ``GatewayError`` the handler raises into a rich status. The
-servicers therefore only raise domain errors and never build a status themselves.
+``token`` metadata and counts the call against that token's rate limit (``Gateway.admit``),
+exposes the admitted caller through ``current_caller``, and turns any ``GatewayError`` the
+handler raises into a rich status. The servicers therefore only raise domain errors and never
+build a status themselves.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, TypeAlias, cast
@@ -17,17 +17,14 @@ from typing import Any, TypeAlias, cast
 import grpc
 from grpc import aio
 
-from service.auth import Principal, TokenRegistry
 from service.errors import GatewayError
+from service.gateway import GRPC, Caller, Gateway, log_refusal
 from service.grpc.status import to_status
-from service.ratelimit import RateLimiter
-
-log = logging.getLogger(__name__)
 
 GUARDED_PREFIX = "/wagateway."
 TOKEN_METADATA_KEY = "token"
 
-current_principal: ContextVar[Principal] = ContextVar("current_principal")
+current_caller: ContextVar[Caller] = ContextVar("current_caller")
 
 UnaryBehavior = Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]
 StreamBehavior = Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
@@ -37,9 +34,8 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 class GuardInterceptor(aio.ServerInterceptor):
     """Token auth, per-token rate limit and error mapping for the gateway's services."""
 
-    def __init__(self, tokens: TokenRegistry, limiter: RateLimiter) -> None:
-        self._tokens = tokens
-        self._limiter = limiter
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
 
     async def intercept_service(
         self,
@@ -70,9 +66,7 @@ class GuardInterceptor(aio.ServerInterceptor):
             if key == TOKEN_METADATA_KEY:
                 token = value if isinstance(value, str) else value.decode()
                 break
-        principal = self._tokens.authenticate(token)
-        current_principal.set(principal)
-        self._limiter.check(principal.token_sha256)
+        current_caller.set(self._gateway.admit(token, GRPC))
 
     def _guard_unary(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
         async def guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
@@ -99,13 +93,7 @@ class GuardInterceptor(aio.ServerInterceptor):
 
 
 async def _abort(context: aio.ServicerContext[Any, Any], method: str, error: GatewayError) -> None:
-    principal = current_principal.get(None)
-    log.info(
-        "%s by %s: %s %s",
-        method,
-        principal.label if principal else "anonymous",
-        error.code.value,
-        error.reason,
-    )
+    caller = current_caller.get(None)
+    log_refusal(method, caller.principal if caller else None, error)
     status = to_status(error)
     await context.abort(status.code, status.details, status.trailing_metadata)

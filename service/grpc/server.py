@@ -75,12 +75,10 @@ def bind_server(gateway: Gateway, address: str) -> RunningServer:
 
     Raises ``ListenError`` (one line, naming the port) when ``address`` is taken.
     """
-    server = aio.server(
-        interceptors=[GuardInterceptor(gateway.tokens, gateway.limiter)], options=[EXCLUSIVE_PORT]
-    )
+    server = aio.server(interceptors=[GuardInterceptor(gateway)], options=[EXCLUSIVE_PORT])
     privacy = PrivacyServicer(gateway)
     pb_grpc.add_PrivacyServiceServicer_to_server(privacy, server)
-    instance_grpc.add_InstanceServiceServicer_to_server(InstanceServicer(gateway.instances), server)
+    instance_grpc.add_InstanceServiceServicer_to_server(InstanceServicer(), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from service.engine import UpdateFailed
-from service.errors import ERROR_DOMAIN, Code, GatewayError
+from service.errors import ERROR_DOMAIN, Code, GatewayError, UpdateFailed
 from service.grpc.convert import update_response
 
 _CODES: dict[Code, grpc.StatusCode] = {code: grpc.StatusCode[code.value] for code in Code}
@@ -39,9 +36,9 @@ def to_status(error: GatewayError) -> grpc.Status:
                 ]
             )
         )
-    if error.retry_after_seconds is not None:
+    if error.retry_after_whole_seconds is not None:
         retry = error_details_pb2.RetryInfo()
-        retry.retry_delay.FromSeconds(max(1, math.ceil(error.retry_after_seconds)))
+        retry.retry_delay.FromSeconds(error.retry_after_whole_seconds)
         details.append(retry)
     if isinstance(error, UpdateFailed):
         details.append(update_response(error.snapshot))

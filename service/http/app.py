@@ -1,34 +1,31 @@
 """The REST contract, served by aiohttp in the gateway's own process and event loop.
 
-A thin adapter: it authenticates the ``token`` header with the same registry and rate limit as
-gRPC, validates the body as the contract says, and runs the same engine on the same instances, so
-a REST update and a gRPC update see each other's results and queue behind each other.
+A thin edge: it turns requests into the application's calls (``service.gateway``) and their
+answers into the contract's JSON, so a REST update and a gRPC update see each other's results and
+queue behind each other, and the same mistake gets the same answer on both.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import hdrs, web
 
-from service import engine
+from service import errors
 from service.auth import Principal
-from service.engine import Snapshot
-from service.errors import Code, GatewayError
-from service.gateway import Gateway
+from service.engine import Event, Snapshot
+from service.errors import GatewayError, shown
+from service.gateway import REST, Caller, Gateway, UpdateHandle, UpdateInput, log_refusal
 from service.http import body as request_body
 from service.http import responses
 from service.http.body import MAX_BODY_BYTES
 from service.http.openapi import openapi_document
 from service.http.responses import NDJSON
-from service.instances import Instance
 from service.listen import host_and_port, listen_error
-from service.operation import UpdateRequest
 
 log = logging.getLogger(__name__)
 
@@ -55,89 +52,85 @@ class PrivacyApi:
         self._gateway = gateway
 
     async def get(self, request: web.Request) -> web.StreamResponse:
-        instance = self._authorize(request)
-        settings = await engine.read_settings(instance)
+        settings = await self._admit(request).read_settings(_instance(request))
         return web.json_response(responses.settings_body(settings))
 
     async def update(self, request: web.Request) -> web.StreamResponse:
-        instance = self._authorize(request)
+        caller = self._admit(request)
+        # Who may act on which instance is judged before the body, as on gRPC.
+        caller.instance(_instance(request))
         requested = request_body.requested_settings(await _json_body(request))
-        update = UpdateRequest(
+        query = request_body.update_query(request.query)
+        update = UpdateInput(
+            _instance(request),
             requested,
-            request_body.update_options(request.query),
-            request_body.idempotency_key(request.headers.get("Idempotency-Key")),
-            request[PRINCIPAL].label,
+            policy=query.policy,
+            force=query.force,
+            validate_only=query.validate_only,
+            request_id=request.headers.get("Idempotency-Key"),
         )
-        operation = await self._gateway.operations.start(instance, update, deadline=None)
-        operation_id = "" if update.options.validate_only else operation.id
-        if NDJSON in request.headers.get("Accept", ""):
-            return await _stream(request, operation.follow(), operation_id)
-        _, snapshot = await operation.outcome()
-        if snapshot.error is not None:
-            raise snapshot.error
-        return web.json_response(responses.updated_body(snapshot, operation_id))
+        # A client that hangs up cancels this handler (``handler_cancellation``) or fails a
+        # write: either way the handle is left by an exception and halts the update.
+        async with await caller.start_update(update) as handle:
+            if NDJSON in request.headers.get("Accept", ""):
+                return await _stream(request, handle)
+            _, snapshot = await handle.outcome()
+        return web.json_response(responses.updated_body(snapshot, handle.operation_id))
 
     async def get_operation(self, request: web.Request) -> web.StreamResponse:
-        instance = self._authorize(request)
-        row = await self._gateway.operations.get(instance, request.match_info["operation_id"])
+        caller = self._admit(request)
+        row = await caller.operation(_instance(request), request.match_info["operation_id"])
         return web.json_response({"success": True, "operation": responses.operation_json(row)})
 
     async def list_operations(self, request: web.Request) -> web.StreamResponse:
-        instance = self._authorize(request)
-        size = request_body.page_size(request.query.get("pageSize"))
-        rows, token = await self._gateway.operations.list(
-            instance, size, request.query.get("pageToken", "")
+        caller = self._admit(request)
+        page = await caller.operations(
+            _instance(request), request.query.get("pageSize"), request.query.get("pageToken", "")
         )
         body = {
             "success": True,
-            "operations": [responses.operation_json(r) for r in rows],
-            "nextPageToken": token,
+            "operations": [responses.operation_json(r) for r in page.operations],
+            "nextPageToken": page.next_page_token,
         }
         return web.json_response(body)
 
-    def _authorize(self, request: web.Request) -> Instance:
-        principal = self._gateway.tokens.authenticate(request.headers.get("token"), "header")
-        request[PRINCIPAL] = principal
-        self._gateway.limiter.check(principal.token_sha256)
-        return self._gateway.instances.authorize(principal, request.match_info["instance"])
+    def _admit(self, request: web.Request) -> Caller:
+        caller = self._gateway.admit(request.headers.get("token"), REST)
+        request[PRINCIPAL] = caller.principal
+        return caller
+
+
+def _instance(request: web.Request) -> str:
+    return request.match_info["instance"]
 
 
 async def _json_body(request: web.Request) -> Any:
     # aiohttp reports a missing Content-Type as application/octet-stream: look at the header.
     given = request.content_type if hdrs.CONTENT_TYPE in request.headers else "missing"
     if given != "application/json":
-        raise GatewayError(
-            Code.INVALID_ARGUMENT,
-            f"Content-Type must be application/json, not {given}",
-            "UNSUPPORTED_MEDIA_TYPE",
-        )
+        raise errors.UNSUPPORTED_MEDIA_TYPE.error(given=shown(given))
     if (request.content_length or 0) > MAX_BODY_BYTES:
-        raise _too_large()
+        raise errors.BODY_TOO_LARGE.error(limit=MAX_BODY_BYTES)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
-        raise _too_large() from exc
+        raise errors.BODY_TOO_LARGE.error(limit=MAX_BODY_BYTES) from exc
     return request_body.parse_json(raw)
 
 
-def _too_large() -> GatewayError:
-    return GatewayError(
-        Code.INVALID_ARGUMENT, f"Request body exceeds {MAX_BODY_BYTES} bytes", "BODY_TOO_LARGE"
-    )
-
-
-async def _stream(request: web.Request, events: Any, operation_id: str) -> web.StreamResponse:
+async def _stream(request: web.Request, handle: UpdateHandle) -> web.StreamResponse:
     """NDJSON progress: one line per engine event; a failure ends it with an error line."""
     response = web.StreamResponse(headers={"Content-Type": NDJSON})
-    async for event in events:
+    event: Event
+    async for event in handle.follow():
         # Errors before the plan (not connected...) still get a plain error response: the
         # stream only begins with the first event.
         if not response.prepared:
             await response.prepare(request)
-        await response.write(_line(responses.event_json(event, operation_id)))
+        await response.write(_line(responses.event_json(event, handle.operation_id)))
         if isinstance(event, Snapshot) and event.error is not None:
-            body = responses.error_body(event.error)
-            await response.write(_line({"event": "error", "error": body["error"]}))
+            error_body = responses.error_body(handle.failure(event.error))
+            await response.write(_line({"event": "error", "error": error_body["error"]}))
     await response.write_eof()
     return response
 
@@ -152,24 +145,17 @@ async def _envelope_errors(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except GatewayError as error:
-        status = responses.http_status(error)
-        principal = request.get(PRINCIPAL)
-        log.info(
-            "%s %s by %s: %d %s",
-            request.method,
-            request.path,
-            principal.label if principal else "anonymous",
-            status,
-            error.reason,
-        )
+        log_refusal(f"{request.method} {request.path}", request.get(PRINCIPAL), error)
         headers = {}
-        if error.retry_after_seconds is not None:
-            headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_seconds)))
-        return web.json_response(responses.error_body(error), status=status, headers=headers)
+        if error.retry_after_whole_seconds is not None:
+            headers["Retry-After"] = str(error.retry_after_whole_seconds)
+        body = responses.error_body(error)
+        return web.json_response(body, status=error.http_status, headers=headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        body = {"success": False, "error": {"message": exc.reason, "reason": "HTTP_ERROR"}}
+        refusal = responses.http_refusal(exc.status, exc.reason)
+        body = responses.error_body(refusal)
         return web.json_response(body, status=exc.status, headers=_allow(exc))
 
 
@@ -190,8 +176,13 @@ class HttpServer:
     """The REST surface on ``host:port``, in the running event loop."""
 
     def __init__(self, gateway: Gateway, shutdown_timeout: float = 10.0) -> None:
+        # ``handler_cancellation``: a client that hangs up cancels its handler, so that an update
+        # it started stops as a gRPC caller's does (aiohttp lets handlers run on by default).
         self._runner = web.AppRunner(
-            create_app(gateway), access_log=None, shutdown_timeout=shutdown_timeout
+            create_app(gateway),
+            access_log=None,
+            shutdown_timeout=shutdown_timeout,
+            handler_cancellation=True,
         )
         self.port = 0
 

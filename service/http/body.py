@@ -10,52 +10,56 @@ still gets a message that says exactly what is wrong.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from service import errors
-from service.engine import FailurePolicy, UpdateOptions
-from service.errors import Code, GatewayError, Violation
+from service.errors import GatewayError, Violation, shown
 from service.settings import FIELDS, SECTIONS, Field, Settings
 
 MAX_BODY_BYTES = 16 * 1024
 _FIELDS_OF = {section: [s for s in FIELDS if s.section == section] for section in SECTIONS}
 
 
-def invalid(message: str, reason: str, field: str = "") -> GatewayError:
-    violations = (Violation(field, message),) if field else ()
-    return GatewayError(Code.INVALID_ARGUMENT, message, reason, violations=violations)
+def invalid_value(field: str, value: object, valid: str) -> GatewayError:
+    """INVALID_VALUE for ``field``, with the one violation that names it."""
+    message = errors.INVALID_VALUE.message.format(field=field, value=shown(value), valid=valid)
+    return errors.INVALID_VALUE.error(
+        violations=(Violation(field, message),), field=field, value=shown(value), valid=valid
+    )
+
+
+def _unknown_field(name: str, valid: str) -> GatewayError:
+    return errors.UNKNOWN_FIELD.error(
+        violations=(Violation(name, "not a field of the contract"),), name=shown(name), valid=valid
+    )
 
 
 def parse_json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, huge ints, depth
-        raise invalid(f"Malformed JSON: {exc}", "MALFORMED_JSON") from exc
+        raise errors.MALFORMED_JSON.error(detail=shown(exc)) from exc
 
 
 def requested_settings(body: Any) -> dict[Field, str]:
     """The fields a body sets, by the contract's rules; raises the contract's 400s."""
     if not isinstance(body, dict):
-        raise invalid("Request body must be a JSON object", "BODY_NOT_OBJECT")
+        raise errors.BODY_NOT_OBJECT.error()
     for key in body:
         if key not in SECTIONS:
-            raise invalid(
-                f"Unknown field: {key}. Valid fields: {', '.join(SECTIONS)}", "UNKNOWN_FIELD", key
-            )
+            raise _unknown_field(key, ", ".join(SECTIONS))
     for section in SECTIONS:
         part = body.get(section)
         if section in body and not isinstance(part, dict):
-            raise invalid(f"{section} must be an object", "SECTION_NOT_OBJECT", section)
+            raise errors.SECTION_NOT_OBJECT.error(
+                violations=(Violation(section, "must be an object"),), section=section
+            )
         names = [s.rest_name for s in _FIELDS_OF[section]]
         for key in part or {}:
             if key not in names:
-                raise invalid(
-                    f"Unknown field: {section}.{key}. Valid fields: {', '.join(names)}",
-                    "UNKNOWN_FIELD",
-                    f"{section}.{key}",
-                )
+                raise _unknown_field(f"{section}.{key}", ", ".join(names))
     requested: dict[Field, str] = {}
     for spec in FIELDS:
         part = body.get(spec.section) or {}
@@ -63,12 +67,10 @@ def requested_settings(body: Any) -> dict[Field, str]:
             continue
         value = part[spec.rest_name]
         if not isinstance(value, str) or value not in spec.values:
-            shown = value if isinstance(value, str) else json.dumps(value)
-            raise invalid(
-                f"Invalid {spec.rest_name} value: {shown}. Valid values: {', '.join(spec.values)}",
-                "INVALID_VALUE",
-                spec.rest_path,
-            )
+            given = value if isinstance(value, str) else json.dumps(value)
+            error = invalid_value(spec.rest_name, given, ", ".join(spec.values))
+            error.violations = (Violation(spec.rest_path, error.message),)
+            raise error
         requested[spec.field] = value
     if not requested:
         raise errors.no_settings()
@@ -84,60 +86,35 @@ def settings_json(settings: Settings) -> dict[str, dict[str, str]]:
     return grouped
 
 
-_POLICIES = {p.name: p for p in FailurePolicy}
 _FLAGS = {"true": True, "false": False}
+UPDATE_QUERY = ("failurePolicy", "validateOnly", "force")
 
 
-def update_options(query: Mapping[str, str]) -> UpdateOptions:
-    """``?failurePolicy=STOP|CONTINUE|ROLLBACK&validateOnly=true&force=true``."""
+@dataclass(frozen=True, slots=True)
+class UpdateQuery:
+    """``?failurePolicy=STOP|CONTINUE|ROLLBACK&validateOnly=true&force=true``, as sent."""
+
+    policy: str | None
+    force: bool
+    validate_only: bool
+
+
+def update_query(query: Mapping[str, str]) -> UpdateQuery:
+    """The update's query string; the policy's name is checked by the application's rules."""
     for key in query:
-        if key not in ("failurePolicy", "validateOnly", "force"):
-            raise invalid(
-                f"Unknown query parameter: {key}. Valid: failurePolicy, validateOnly, force",
-                "UNKNOWN_FIELD",
-                key,
+        if key not in UPDATE_QUERY:
+            raise errors.UNKNOWN_QUERY_PARAMETER.error(
+                violations=(Violation(key, "not a parameter of this endpoint"),),
+                name=shown(key),
+                valid=", ".join(UPDATE_QUERY),
             )
-    policy = _POLICIES.get(query.get("failurePolicy", "STOP"))
-    if policy is None:
-        raise invalid(
-            f"Invalid failurePolicy value: {query['failurePolicy']}. "
-            "Valid values: STOP, CONTINUE, ROLLBACK",
-            "INVALID_VALUE",
-            "failurePolicy",
-        )
-    return UpdateOptions(policy, _flag(query, "force"), _flag(query, "validateOnly"))
+    return UpdateQuery(
+        query.get("failurePolicy"), _flag(query, "force"), _flag(query, "validateOnly")
+    )
 
 
 def _flag(query: Mapping[str, str], key: str) -> bool:
     value = _FLAGS.get(query.get(key, "false"))
     if value is None:
-        raise invalid(
-            f"Invalid {key} value: {query[key]}. Valid values: true, false", "INVALID_VALUE", key
-        )
+        raise invalid_value(key, query[key], "true, false")
     return value
-
-
-def idempotency_key(value: str | None) -> str | None:
-    """The ``Idempotency-Key`` header: the request_id of a safe retry (a UUID)."""
-    if value is None:
-        return None
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise invalid(
-            f"Idempotency-Key must be a UUID, not {value!r}",
-            "INVALID_REQUEST_ID",
-            "Idempotency-Key",
-        ) from None
-
-
-def page_size(value: str | None) -> int:
-    if value is None:
-        return 20
-    if not value.isdigit() or not 1 <= int(value) <= 100:
-        raise invalid(
-            f"Invalid pageSize value: {value}. Valid values: 1 to 100",
-            "INVALID_PAGE_SIZE",
-            "pageSize",
-        )
-    return int(value)

@@ -9,10 +9,13 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from service.errors import NO_SETTINGS_MESSAGE, NOT_CONNECTED_MESSAGE
+from service import errors
 from service.http.body import MAX_BODY_BYTES
 from service.http.responses import NDJSON, UPDATED_MESSAGE
 from service.settings import FIELDS, SECTIONS
+
+#: The reasons a REST caller can meet: the catalogue's, and only those.
+REST_REASONS = [r for r in errors.CATALOGUE.values() if r.edges & errors.Edge.REST]
 
 
 def _section_schema(section: str, *, required: bool) -> dict[str, Any]:
@@ -83,7 +86,11 @@ _ERROR = {
             "required": ["message", "reason"],
             "properties": {
                 "message": {"type": "string"},
-                "reason": {"type": "string", "description": "stable UPPER_SNAKE identifier"},
+                "reason": {
+                    "type": "string",
+                    "enum": [r.name for r in REST_REASONS],
+                    "description": "stable UPPER_SNAKE identifier (see the README's table)",
+                },
             },
         },
         "settings": {"$ref": "#/components/schemas/Settings"},
@@ -92,25 +99,28 @@ _ERROR = {
 }
 
 
-def _error_response(description: str) -> dict[str, Any]:
+def _error_response(description: str, status: int) -> dict[str, Any]:
+    """An error response, listing the catalogue's reasons that answer with ``status``."""
+    reasons = ", ".join(f"`{r.name}`" for r in REST_REASONS if r.http_status == status)
     return {
-        "description": description,
+        "description": f"{description} Reasons: {reasons}.",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
 
 
 _COMMON_ERRORS = {
-    "401": _error_response("Missing or unknown `token`."),
-    "403": _error_response("The token may not act on this instance."),
-    "404": _error_response("No instance of that name."),
+    "401": _error_response("Missing or unknown `token`.", 401),
+    "403": _error_response("The token may not act on this instance.", 403),
+    "404": _error_response("No instance of that name.", 404),
     "429": {
         **_error_response(
             "Rate limit exceeded (the gateway's, or WhatsApp's own during an update: reason "
-            "`WHATSAPP_RATE_LIMITED`); `Retry-After` says when to come back."
+            "`WHATSAPP_RATE_LIMITED`); `Retry-After` says when to come back.",
+            429,
         ),
         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
     },
-    "503": _error_response("WhatsApp's current settings could not be read."),
+    "503": _error_response("WhatsApp's current settings could not be read.", 503),
 }
 
 _INSTANCE = {
@@ -223,7 +233,7 @@ def openapi_document() -> dict[str, Any]:
                             "description": "The complete current settings.",
                             "content": {"application/json": {"schema": settings_ok}},
                         },
-                        "400": _error_response(NOT_CONNECTED_MESSAGE),
+                        "400": _error_response(errors.INSTANCE_NOT_CONNECTED.message, 400),
                         **_COMMON_ERRORS,
                     },
                 },
@@ -252,18 +262,22 @@ def openapi_document() -> dict[str, Any]:
                             },
                         },
                         "400": _error_response(
-                            f"`{NO_SETTINGS_MESSAGE}`, an invalid value, malformed JSON, an "
+                            f"`{errors.NO_SETTINGS.message}`, an invalid value, malformed JSON, an "
                             f"unknown key, an invalid query parameter or Idempotency-Key, or "
-                            f"`{NOT_CONNECTED_MESSAGE}`."
+                            f"`{errors.INSTANCE_NOT_CONNECTED.message}`.",
+                            400,
                         ),
-                        "409": _error_response("The Idempotency-Key was used with another body."),
-                        "413": _error_response(f"The body exceeds {MAX_BODY_BYTES} bytes."),
-                        "415": _error_response("Content-Type is not application/json."),
+                        "409": _error_response(
+                            "The Idempotency-Key was used with another body.", 409
+                        ),
+                        "413": _error_response(f"The body exceeds {MAX_BODY_BYTES} bytes.", 413),
+                        "415": _error_response("Content-Type is not application/json.", 415),
                         "500": _error_response(
                             "`failed to update <field> privacy: <reason>`; the fields before it "
                             "stay applied (see `settings` and `fields`). A field whose stanza "
                             "was sent but whose answer was lost is `UNCONFIRMED` (reason "
-                            "`STANZA_UNCONFIRMED`)."
+                            "`STANZA_UNCONFIRMED`).",
+                            500,
                         ),
                         **_COMMON_ERRORS,
                     },
@@ -287,7 +301,7 @@ def openapi_document() -> dict[str, Any]:
                             "description": "A page of operations.",
                             "content": {"application/json": {"schema": _OPERATION_PAGE}},
                         },
-                        "400": _error_response("An invalid pageSize or pageToken."),
+                        "400": _error_response("An invalid pageSize or pageToken.", 400),
                         **_COMMON_ERRORS,
                     },
                 },

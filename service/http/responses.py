@@ -1,16 +1,17 @@
-"""JSON shapes of the REST surface: the contract's envelopes, engine events, and error statuses.
+"""JSON shapes of the REST surface: the contract's envelopes, engine events and operations.
 
-``STATUS`` is the one place a ``GatewayError`` becomes an HTTP status. The contract answers 400
-for an instance that is not connected and 500 for a field WhatsApp refused; the rest follow
-HTTP's usual meanings.
+An error's HTTP status is the catalogue's (``service.errors``): the contract answers 400 for an
+instance that is not connected and 500 for a field WhatsApp refused; the rest follow HTTP's usual
+meanings.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from service.engine import Event, FieldEvent, Plan, Snapshot, UpdateFailed
-from service.errors import Code, GatewayError
+from service import errors
+from service.engine import Event, FieldEvent, Plan, Snapshot
+from service.errors import GatewayError, UpdateFailed
 from service.http.body import settings_json
 from service.journal import OperationRow
 from service.settings import FIELDS, Field, Settings
@@ -18,35 +19,15 @@ from service.settings import FIELDS, Field, Settings
 UPDATED_MESSAGE = "Privacy settings updated successfully"
 NDJSON = "application/x-ndjson"
 
-STATUS: dict[Code, int] = {
-    Code.INVALID_ARGUMENT: 400,
-    Code.FAILED_PRECONDITION: 400,
-    Code.UNAUTHENTICATED: 401,
-    Code.PERMISSION_DENIED: 403,
-    Code.NOT_FOUND: 404,
-    Code.RESOURCE_EXHAUSTED: 429,
-    Code.CANCELLED: 499,
-    Code.INTERNAL: 500,
-    Code.UNAVAILABLE: 503,
-    Code.DEADLINE_EXCEEDED: 504,
-}
 
-
-#: Errors that HTTP has a more precise status for than their gRPC-shaped code.
-STATUS_BY_REASON = {
-    "UNSUPPORTED_MEDIA_TYPE": 415,
-    "BODY_TOO_LARGE": 413,
-    # The Idempotency-Key draft's answer to a key reused with a different request.
-    "REQUEST_ID_REUSED": 409,
-}
-
-
-def http_status(error: GatewayError) -> int:
-    # Every failure part-way through an update is the contract's 500, whatever stopped it, but
-    # WhatsApp's own rate limit, which a caller must back off from (429 with Retry-After).
-    if isinstance(error, UpdateFailed):
-        return 429 if error.code is Code.RESOURCE_EXHAUSTED else 500
-    return STATUS_BY_REASON.get(error.reason) or STATUS[error.code]
+def http_refusal(status: int, text: str) -> GatewayError:
+    """An error aiohttp itself answered (a path or a method it does not serve), as the
+    catalogue's reason for it."""
+    if status == 404:
+        return errors.ROUTE_NOT_FOUND.error()
+    if status == 405:
+        return errors.METHOD_NOT_ALLOWED.error()
+    return errors.HTTP_ERROR.error(detail=text)
 
 
 def error_body(error: GatewayError) -> dict[str, Any]:
@@ -57,6 +38,8 @@ def error_body(error: GatewayError) -> dict[str, Any]:
         "error": {"message": error.message, "reason": error.reason},
     }
     if isinstance(error, UpdateFailed):
+        if "operation_id" in error.metadata:
+            body["operationId"] = error.metadata["operation_id"]
         body["settings"] = settings_json(error.snapshot.settings)
         body["fields"] = [field_json(o) for o in error.snapshot.outcomes]
     return body

@@ -18,26 +18,27 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from service.errors import Code, GatewayError
+from service import errors
+from service.errors import GatewayError, Reason
 from service.sessions.base import PairEvent
 from service.sessions.whatsapp.stanza_errors import stanza_error
 
 #: QR statuses that end a pairing, and what the caller is told.
-QR_ENDINGS: dict[str, tuple[Code, str]] = {
-    "timeout": (Code.DEADLINE_EXCEEDED, "no QR code was scanned in time"),
+QR_ENDINGS: dict[str, tuple[Reason, str]] = {
+    "timeout": (errors.PAIRING_TIMED_OUT, "no QR code was scanned in time"),
     "err-client-outdated": (
-        Code.FAILED_PRECONDITION,
+        errors.PAIRING_REFUSED,
         "WhatsApp refused this client version (client outdated): upgrade the gateway",
     ),
     "err-unexpected-state": (
-        Code.UNAVAILABLE,
+        errors.PAIRING_UNAVAILABLE,
         "WhatsApp ended the pairing unexpectedly (err-unexpected-state); try again",
     ),
     "err-scanned-without-multidevice": (
-        Code.FAILED_PRECONDITION,
+        errors.PAIRING_REFUSED,
         "the QR code was scanned by a phone without multi-device support",
     ),
-    "error": (Code.UNAVAILABLE, "the pairing handshake with WhatsApp failed; try again"),
+    "error": (errors.PAIRING_UNAVAILABLE, "the pairing handshake with WhatsApp failed; try again"),
 }
 
 
@@ -67,30 +68,25 @@ class Pairing:
         if kind == "paired":
             return PairEvent(jid=data)
         if kind == "qr_status":
-            code, message = QR_ENDINGS.get(data, (Code.UNAVAILABLE, f"pairing ended: {data}"))
-            raise pair_error(code, message)
+            unknown = (errors.PAIRING_UNAVAILABLE, f"pairing ended: {data}")
+            reason, detail = QR_ENDINGS.get(data, unknown)
+            raise reason.error(detail=detail)
         if kind == "pair_error":
-            raise pair_error(Code.UNAVAILABLE, f"WhatsApp refused the pairing: {data}")
+            raise errors.PAIRING_UNAVAILABLE.error(detail=f"WhatsApp refused the pairing: {data}")
         if kind == "phone_error":
             raise phone_error(data)
         if kind == "already_paired":
-            raise pair_error(Code.FAILED_PRECONDITION, f"already paired as {data}")
-        raise pair_error(Code.UNAVAILABLE, f"WhatsApp cannot be reached: {data}")
+            raise errors.ALREADY_PAIRED.error(jid=data)
+        raise errors.PAIRING_UNAVAILABLE.error(detail=f"WhatsApp cannot be reached: {data}")
 
 
 def phone_error(reason: str) -> GatewayError:
     """A ``PairPhone`` error as the caller's status: their number, the connection, or WhatsApp."""
     if "phone number too short" in reason or "international phone number" in reason:
-        return pair_error(Code.INVALID_ARGUMENT, f"pairing by phone failed: {reason}")
+        return errors.PHONE_REJECTED.error(detail=reason)
     error = stanza_error(reason)
     if error.status == 429:
-        failed = pair_error(Code.RESOURCE_EXHAUSTED, f"WhatsApp's rate limit: {reason}")
-        failed.retry_after_seconds = error.retry_after
-        return failed
+        return errors.PAIRING_RATE_LIMITED.error(retry_after=error.retry_after, detail=reason)
     if error.connection_lost or error.unconfirmed or (error.status or 0) >= 500:
-        return pair_error(Code.UNAVAILABLE, f"pairing by phone failed: {reason}")
-    return pair_error(Code.FAILED_PRECONDITION, f"pairing by phone failed: {reason}")
-
-
-def pair_error(code: Code, message: str) -> GatewayError:
-    return GatewayError(code, f"Pairing failed: {message}", "PAIRING_FAILED")
+        return errors.PAIRING_UNAVAILABLE.error(detail=f"pairing by phone failed: {reason}")
+    return errors.PAIRING_REFUSED.error(detail=f"pairing by phone failed: {reason}")

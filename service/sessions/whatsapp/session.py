@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 from neonize.proto import Neonize_pb2 as npb
 
-from service.errors import Code
+from service import errors
 from service.sessions.base import (
     SENDING_STATES,
     ChangeListener,
@@ -47,7 +47,7 @@ from service.sessions.whatsapp.devices import DeviceBook, is_postgres, jid_text
 from service.sessions.whatsapp.devices import sqlite_store_has_device as _sqlite_has_device
 from service.sessions.whatsapp.ffi import Dial, WhatsAppFFI
 from service.sessions.whatsapp.link import Link, Phase
-from service.sessions.whatsapp.pairing import Pairing, pair_error
+from service.sessions.whatsapp.pairing import Pairing
 from service.sessions.whatsapp.threads import BlockingCalls
 from service.settings import Field, Settings
 
@@ -248,9 +248,9 @@ class WhatsAppSession:
             # A store that holds the device is not paired again (a second device would be made
             # beside it, and GetFirstDevice would go on loading the old one).
             paired_as = self._status.jid or "a linked account"
-            raise pair_error(Code.FAILED_PRECONDITION, f"already paired as {paired_as}")
+            raise errors.ALREADY_PAIRED.error(jid=paired_as)
         if self._pairing is not None:
-            raise pair_error(Code.FAILED_PRECONDITION, "a pairing is already in progress")
+            raise errors.PAIRING_IN_PROGRESS.error()
         pairing = Pairing.new(phone)
         self._pairing = pairing
         paired = False

@@ -78,8 +78,20 @@ class InstanceServiceServicer:
         DEADLINE_EXCEEDED when nobody scanned in time, FAILED_PRECONDITION for an instance that is
         already paired, being paired or simulated, an outdated client or a phone without
         multi-device, INVALID_ARGUMENT for a phone number WhatsApp rejects, RESOURCE_EXHAUSTED (with
-        a retry hint) for WhatsApp's rate limit. All carry the reason PAIRING_FAILED (or
-        NOT_PAIRABLE, INVALID_PHONE).
+        a retry hint) for WhatsApp's rate limit. Their reasons (besides the token's and the
+        instance's, as for every call):
+
+        | status              | reason               | when
+        |---------------------|----------------------|------
+        | INVALID_ARGUMENT    | INVALID_PHONE        | PairInstance with a phone that is not 7 to 15 digits
+        | FAILED_PRECONDITION | NOT_PAIRABLE         | PairInstance on a simulated instance
+        | DEADLINE_EXCEEDED   | PAIRING_TIMED_OUT    | no QR code was scanned before WhatsApp's six codes expired
+        | FAILED_PRECONDITION | PAIRING_REFUSED      | WhatsApp refused the pairing for a reason an operator must fix (client outdated, a phone without multi-device, PairPhone refused)
+        | FAILED_PRECONDITION | ALREADY_PAIRED       | the instance's store already holds a device
+        | FAILED_PRECONDITION | PAIRING_IN_PROGRESS  | PairInstance while another PairInstance for the instance is running
+        | INVALID_ARGUMENT    | PHONE_REJECTED       | WhatsApp rejected the phone number
+        | RESOURCE_EXHAUSTED  | PAIRING_RATE_LIMITED | WhatsApp's rate limit on pairing codes (+ RetryInfo)
+        | UNAVAILABLE         | PAIRING_UNAVAILABLE  | WhatsApp could not be reached, or ended the pairing: try again
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

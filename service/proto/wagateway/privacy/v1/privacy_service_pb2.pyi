@@ -11,23 +11,34 @@ Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer with
 `privacy-gateway`, an UPPER_SNAKE `reason`, and metadata) for every other error, and
 `google.rpc.RetryInfo` when the rate limit is exceeded.
 
-| status              | reason                  | when                                                   |
-|---------------------|-------------------------|--------------------------------------------------------|
-| INVALID_ARGUMENT    | NO_SETTINGS             | no field is set: `At least one privacy setting must be provided` |
-| INVALID_ARGUMENT    | INVALID_VALUE           | an enum number outside the field's value set            |
-| INVALID_ARGUMENT    | INSTANCE_REQUIRED       | `instance` is empty                                    |
-| UNAUTHENTICATED     | TOKEN_MISSING / TOKEN_INVALID | no `token` metadata, or one the gateway does not know |
-| PERMISSION_DENIED   | INSTANCE_FORBIDDEN      | the token may not act on that instance                 |
-| NOT_FOUND           | INSTANCE_NOT_FOUND      | no instance of that name                               |
-| FAILED_PRECONDITION | INSTANCE_NOT_CONNECTED  | `Instance is not connected to WhatsApp`                |
-| RESOURCE_EXHAUSTED  | RATE_LIMITED            | more calls per minute than the token's limit           |
-| INTERNAL            | STANZA_FAILED           | WhatsApp refused a field: `failed to update <field> privacy: <reason>` |
-| UNAVAILABLE         | CONNECTION_LOST         | the connection dropped during the update (same message form) |
-| UNAVAILABLE         | STANZA_UNCONFIRMED      | a stanza was sent but its answer was lost and no re-read settled it (FIELD_STATE_UNCONFIRMED) |
-| RESOURCE_EXHAUSTED  | WHATSAPP_RATE_LIMITED   | WhatsApp answered 429 rate-overlimit (with `google.rpc.RetryInfo`) |
-| UNAVAILABLE         | WHATSAPP_UNAVAILABLE    | WhatsApp answered a 5xx error                          |
-| DEADLINE_EXCEEDED   | DEADLINE_EXCEEDED       | the deadline passed before every field was sent        |
-| UNAVAILABLE         | SETTINGS_UNKNOWN        | WhatsApp's current settings could not be read          |
+| status              | reason                 | when
+|---------------------|------------------------|------
+| UNAUTHENTICATED     | TOKEN_MISSING          | no `token` metadata or header
+| UNAUTHENTICATED     | TOKEN_INVALID          | a token the gateway does not know
+| PERMISSION_DENIED   | INSTANCE_FORBIDDEN     | an instance token used for another instance, or another account's instance
+| RESOURCE_EXHAUSTED  | RATE_LIMITED           | the token made more calls this minute than `rate_limit_per_minute` (+ RetryInfo; REST Retry-After)
+| INVALID_ARGUMENT    | INSTANCE_REQUIRED      | `instance` is empty
+| NOT_FOUND           | INSTANCE_NOT_FOUND     | no instance of that name (an account token's own instances only)
+| NOT_FOUND           | OPERATION_NOT_FOUND    | no such operation for the instance (or it is past retention)
+| INVALID_ARGUMENT    | NO_SETTINGS            | an update that sets no field
+| INVALID_ARGUMENT    | INVALID_VALUE          | a value outside a field's (or an option's) value set (+ BadRequest)
+| INVALID_ARGUMENT    | INVALID_REQUEST_ID     | `request_id` (REST: `Idempotency-Key`) that is not a UUID
+| INVALID_ARGUMENT    | REQUEST_ID_REUSED      | a retry whose body differs from the first request with its id (REST: 409)
+| INVALID_ARGUMENT    | INVALID_PAGE_SIZE      | a page size that is negative or not a whole number
+| INVALID_ARGUMENT    | INVALID_PAGE_TOKEN     | a page token this gateway did not hand out
+| FAILED_PRECONDITION | INSTANCE_NOT_CONNECTED | the instance's session is not connected (see its state)
+| UNAVAILABLE         | SETTINGS_UNKNOWN       | WhatsApp did not answer the read of the current settings
+| INTERNAL            | STANZA_FAILED          | WhatsApp refused a field
+| UNAVAILABLE         | CONNECTION_LOST        | the connection was lost before a stanza left (nothing was sent for that field)
+| UNAVAILABLE         | STANZA_UNCONFIRMED     | a stanza was sent but its answer was lost: WhatsApp may hold the new value
+| RESOURCE_EXHAUSTED  | WHATSAPP_RATE_LIMITED  | WhatsApp answered 429 (+ RetryInfo; REST Retry-After)
+| UNAVAILABLE         | WHATSAPP_UNAVAILABLE   | WhatsApp answered a 5xx
+| CANCELLED           | CANCELLED              | the caller went away before every field was sent
+| DEADLINE_EXCEEDED   | DEADLINE_EXCEEDED      | the call's deadline passed before every field was sent
+| UNAVAILABLE         | SHUTTING_DOWN          | the gateway stopped before every field was sent
+| INTERNAL            | JOURNAL_FAILED         | the operation journal failed a write, so no further stanza was sent
+| UNAVAILABLE         | INTERRUPTED            | a retry of an update the previous gateway process was stopped in the middle of
+| INTERNAL            | INTERNAL               | a fault in the gateway itself (a bug)
 """
 
 from collections import abc as _abc

@@ -1,0 +1,118 @@
+"""What an admitted caller can do: the application API both edges call.
+
+An edge parses its wire, admits the caller once (``Gateway.admit``), calls one method here and
+renders what comes back. Everything in between (who may act on which instance, the contract's
+rules for what was sent, starting and following updates, pages of operations) happens here
+once, so gRPC and REST cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from service import engine, errors
+from service.auth import Principal
+from service.engine import UpdateOptions
+from service.gateway import rules
+from service.gateway.rules import WireNames
+from service.gateway.updates import UpdateHandle, UpdateInput
+from service.instances import Instance
+from service.journal import OperationRow
+from service.operation import UpdateRequest
+from service.sessions.base import Pairable, PairEvent, SettingsChange
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.gateway.running import Gateway
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of an instance's operations, newest first."""
+
+    operations: list[OperationRow]
+    next_page_token: str
+
+
+class Caller:
+    """One authenticated caller, on one edge (which names its parameters as ``names``)."""
+
+    def __init__(self, gateway: Gateway, principal: Principal, names: WireNames) -> None:
+        self._gateway = gateway
+        self.principal = principal
+        self._names = names
+
+    @property
+    def label(self) -> str:
+        """Who is calling, safe to log (never the token)."""
+        return self.principal.label
+
+    # -- instances -----------------------------------------------------------------------------
+
+    def instance(self, name: str) -> Instance:
+        """The instance ``name``, if this caller may act on it."""
+        return self._gateway.instances.authorize(self.principal, name)
+
+    def instances(self) -> list[Instance]:
+        """The instances this caller may see, in configuration order."""
+        return self._gateway.instances.visible_to(self.principal)
+
+    def pair(self, name: str, phone: str | None) -> AsyncIterator[PairEvent]:
+        """Links a WhatsApp account to ``name``: QR codes, or a pairing code for ``phone``."""
+        instance = self.instance(name)
+        number = rules.phone(phone)
+        session = instance.session
+        if not isinstance(session, Pairable):
+            raise errors.NOT_PAIRABLE.error(instance=instance.name)
+        return session.pair(number)
+
+    # -- settings ------------------------------------------------------------------------------
+
+    async def read_settings(self, name: str) -> Settings:
+        return await engine.read_settings(self.instance(name))
+
+    async def watch(self, name: str) -> AsyncIterator[Settings | SettingsChange]:
+        """The settings now, then each change, until the caller leaves or the gateway stops."""
+        instance = self.instance(name)
+        queue: asyncio.Queue[SettingsChange | None] = asyncio.Queue()
+        unsubscribe = instance.session.subscribe(queue.put_nowait)
+        watches = self._gateway.watches
+        watches.add(queue)
+        try:
+            yield await engine.read_settings(instance)
+            while (change := await queue.get()) is not None:
+                yield change
+        finally:
+            watches.discard(queue)
+            unsubscribe()
+
+    # -- updates -------------------------------------------------------------------------------
+
+    async def start_update(self, update: UpdateInput) -> UpdateHandle:
+        """Starts ``update`` (or re-attaches to the operation its request id names)."""
+        instance = self.instance(update.instance)
+        names = self._names
+        request = UpdateRequest(
+            engine.validate(update.settings),
+            UpdateOptions(
+                rules.failure_policy(update.policy, names), update.force, update.validate_only
+            ),
+            rules.request_id(update.request_id, names),
+            self.label,
+        )
+        operation = await self._gateway.operations.start(instance, request, update.deadline)
+        return UpdateHandle(operation, owned=operation.request is request, deadline=update.deadline)
+
+    # -- operations ----------------------------------------------------------------------------
+
+    async def operation(self, name: str, operation_id: str) -> OperationRow:
+        return await self._gateway.operations.get(self.instance(name), operation_id)
+
+    async def operations(self, name: str, page_size: int | str | None, page_token: str) -> Page:
+        instance = self.instance(name)
+        size = rules.page_size(page_size, self._names)
+        rows, token = await self._gateway.operations.list(instance, size, page_token)
+        return Page(rows, token)

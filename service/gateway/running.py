@@ -1,0 +1,64 @@
+"""A running gateway: its parts, who may call, and the start and stop of it all."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from service.auth import Principal, TokenRegistry
+from service.errors import GatewayError
+from service.gateway.caller import Caller
+from service.gateway.rules import WireNames
+from service.instances import InstanceDirectory
+from service.operations import Operations
+from service.ratelimit import RateLimiter
+from service.sessions.base import SettingsChange
+from service.sessions.whatsapp.threads import BlockingCalls
+
+log = logging.getLogger("service.gateway")
+
+
+@dataclass
+class Gateway:
+    """What every edge serves from: the instances, who may call, and how often."""
+
+    instances: InstanceDirectory
+    tokens: TokenRegistry
+    limiter: RateLimiter
+    operations: Operations
+    #: Runs the blocking WhatsApp calls (stanzas); None when no instance needs one.
+    blocking: BlockingCalls | None = None
+    #: The open watch streams' queues, ended (``None``) when the gateway stops.
+    watches: set[asyncio.Queue[SettingsChange | None]] = field(default_factory=set)
+
+    def admit(self, token: str | None, names: WireNames) -> Caller:
+        """The caller holding ``token``, counted against its rate limit; raises the
+        UNAUTHENTICATED or RESOURCE_EXHAUSTED it is refused with."""
+        principal = self.tokens.authenticate(token)
+        self.limiter.check(principal.token_sha256)
+        return Caller(self, principal, names)
+
+    async def start(self) -> None:
+        """Opens the journal, then starts every session's connection in the background."""
+        await self.operations.start_up()
+        for instance in self.instances:
+            await instance.session.start()
+
+    def end_watches(self) -> None:
+        """Ends every watch stream cleanly (the gateway is shutting down)."""
+        for queue in self.watches:
+            queue.put_nowait(None)
+
+    async def close(self) -> None:
+        """Lets running updates end and journals them, then disconnects every session."""
+        await self.operations.close()
+        await asyncio.gather(*(i.session.close() for i in self.instances))
+        if self.blocking is not None:
+            self.blocking.shutdown()
+
+
+def log_refusal(call: str, principal: Principal | None, error: GatewayError) -> None:
+    """The one log line of a refused call, on either edge: what, by whom (never a token), why."""
+    who = principal.label if principal else "anonymous"
+    log.info("%s by %s: %s %s", call, who, error.code.value, error.reason)
