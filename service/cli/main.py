@@ -12,6 +12,7 @@ from pathlib import Path
 
 from service import config as config_module
 from service import data_dir
+from service import demo as demo_module
 from service.auth import hash_token, new_token
 from service.cli import client
 from service.listen import ListenError
@@ -133,18 +134,17 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service import app  # noqa: PLC0415 - keeps client commands light
+    from service import assembly  # noqa: PLC0415 - keeps client commands light
     from service.runtime import Endpoints, serve_until_signalled  # noqa: PLC0415
 
-    demo: app.Demo | None = None
+    demo: demo_module.Demo | None = None
     if args.config is not None:
         if args.demo_token or args.demo_latency_ms is not None:
             raise config_module.ConfigError("--demo-* options apply only without --config")
         cfg = config_module.load(Path(args.config))
     else:
-        latency = app.DEMO_LATENCY_MS if args.demo_latency_ms is None else args.demo_latency_ms
-        demo = app.demo(args.demo_token, latency)
-        cfg = demo.config
+        demo = demo_module.demo(args.demo_token, args.demo_latency_ms)
+        cfg = config_module.from_mapping(demo.contents)
     overrides = {
         "listen": args.listen,
         "http_listen": args.http_listen,
@@ -179,7 +179,7 @@ def _serve(args: argparse.Namespace) -> int:
     # Taken before anything opens the data_dir or binds a port: a second gateway on this data_dir
     # stops here, with nothing started; the lock goes when the gateway has stopped.
     with data_dir.locked(cfg.data_dir):
-        gateway = app.build_gateway(cfg)
+        gateway = assembly.build_gateway(cfg)
         serving = serve_until_signalled(
             gateway, cfg.listen, cfg.http_listen or None, cfg.shutdown_grace_seconds, ready
         )
