@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from service.config import DEFAULT_SHUTDOWN_GRACE_SECONDS
 from service.gateway import Gateway
 from service.http.app import create_app
 from service.listen import host_and_port, listen_error
@@ -17,7 +18,9 @@ from service.listen import host_and_port, listen_error
 class HttpServer:
     """The REST surface on ``host:port``, in the running event loop."""
 
-    def __init__(self, gateway: Gateway, shutdown_timeout: float = 10.0) -> None:
+    def __init__(
+        self, gateway: Gateway, shutdown_timeout: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
+    ) -> None:
         self._runner = web.AppRunner(
             create_app(gateway), access_log=None, shutdown_timeout=shutdown_timeout
         )
