@@ -5,7 +5,7 @@ blocking call on the gateway's stanza threads, up to ``stanza_threads``, 1,024 b
 ``StandInFFI``, which blocks the calling thread 50 ms per stanza as neonize's Go call does. It
 cannot be started with ``privacy-gateway serve`` (the stand-in is not configurable there), so
 ``python -m benchmarks.scaling N LATENCY DATA_DIR [STANZA_THREADS]`` builds it with
-``service.app.build_gateway(config, ffi=StandInFFI(...))``, every instance already paired, and
+``service.assembly.build_gateway(config, ffi=StandInFFI(...))``, every instance already paired, and
 serves it as ``serve`` does, in a process of its own. A client process waits until all N are
 connected, reads each once (whatsmeow's one fetch, outside the clock), then updates all N at
 once, several rounds, each changing all seven fields; the median round's wall time is compared
@@ -129,7 +129,7 @@ def stanza_floor(count: int, latency: float, threads: int = STANZA_THREADS) -> f
 
 async def serve(count: int, latency: float, data_dir: str, stanza_threads: int | None) -> None:
     """A gateway of ``count`` paired WhatsApp instances on the stand-in, until SIGTERM."""
-    from service.app import build_gateway  # noqa: PLC0415 - only the server process needs these
+    from service.assembly import build_gateway  # noqa: PLC0415 - only the server process needs these
     from service.auth import hash_token  # noqa: PLC0415
     from service.config import from_mapping  # noqa: PLC0415
     from service.runtime import Endpoints, serve_until_signalled  # noqa: PLC0415

@@ -22,7 +22,7 @@ from typing import Any
 from grpc import aio
 
 from benchmarks.common import ACCOUNT, TOKEN, Row
-from service.app import build_gateway
+from service.assembly import build_gateway
 from service.auth import hash_token
 from service.config import from_mapping
 from service.grpc.convert import settings_to_proto

@@ -1,9 +1,10 @@
-"""The gateway's configuration: a TOML file, environment overrides, and the embedded demo.
+"""The gateway's configuration: a TOML file, environment and command-line overrides, defaults.
 
 A wrong file is reported with its path, the line and the key (``gateway.toml:12:
 instances[1].latency_ms: ...``), because whoever edits it needs to find the spot, not a stack
 trace. Precedence is command line, then environment (``PRIVACY_GATEWAY_*``), then file, then
-defaults.
+defaults, and ``resolve`` is the one place that applies it. Each default is stated once, here:
+the ``DEFAULT_*`` constants for those that other modules name (help texts, the client's address).
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ from pydantic import (
 
 from service.settings import Field as SettingField
 
+#: The gRPC address: where ``serve`` listens and where the client commands call.
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
+DEFAULT_RATE_LIMIT_PER_MINUTE = 100
+DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
+DEFAULT_DATA_DIR = "data"
 ENV_PREFIX = "PRIVACY_GATEWAY_"
 
 #: The schemes whatsmeow dials through (client.go:317-340: http, https, socks5; anything else is
@@ -115,12 +120,12 @@ class GatewayConfig(_Strict):
     #: The REST surface; an empty string turns it off.
     http_listen: HostPort | Literal[""] = DEFAULT_HTTP_LISTEN
     #: Calls a minute per token; 0 turns the limit off.
-    rate_limit_per_minute: Annotated[int, Field(ge=0)] = 100
+    rate_limit_per_minute: Annotated[int, Field(ge=0)] = DEFAULT_RATE_LIMIT_PER_MINUTE
     #: How long in-flight calls may run on after SIGTERM or SIGINT.
-    shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 10.0
+    shutdown_grace_seconds: Annotated[float, Field(ge=0)] = DEFAULT_SHUTDOWN_GRACE_SECONDS
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: Where WhatsApp session stores (SQLite) are kept by default.
-    data_dir: Annotated[str, StringConstraints(min_length=1)] = "data"
+    data_dir: Annotated[str, StringConstraints(min_length=1)] = DEFAULT_DATA_DIR
     #: Threads for blocking WhatsApp calls: each stanza holds one for its round trip, so this is
     #: how many stanzas (across all instances) can be in flight at once. They are started only
     #: as calls need them, and an update has one stanza in flight per instance, so a gateway
@@ -250,6 +255,24 @@ def _unique(section: str, names: Sequence[str]) -> None:
         if name in seen:
             raise _ReferenceError((section, index, "name"), f"duplicate name {name!r}")
         seen.add(name)
+
+
+def resolve(
+    command_line: Mapping[str, Any],
+    env: Mapping[str, str],
+    file: Path | Mapping[str, Any],
+) -> GatewayConfig:
+    """The configuration to run: command line, then environment, then file, then defaults.
+
+    Each key takes the first value given. ``command_line`` maps keys to the options' values
+    (None: the option was not given); ``env`` is the process's environment
+    (``PRIVACY_GATEWAY_*``); ``file`` is the configuration file's path or, when there is none,
+    what stands in for its contents (the embedded demo's). The file and the environment are
+    checked first, so that an error in either names its line or its variable, then the command
+    line's values, so that an error in one names its option.
+    """
+    base = load(file, env) if isinstance(file, Path) else from_mapping(file, env)
+    return with_overrides(base, {k: v for k, v in command_line.items() if v is not None})
 
 
 def load(path: Path, env: Mapping[str, str] | None = None) -> GatewayConfig:

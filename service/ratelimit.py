@@ -14,13 +14,14 @@ from limits.strategies import MovingWindowRateLimiter
 
 from service import errors
 
-DEFAULT_PER_MINUTE = 100
-
 
 class RateLimiter:
-    """``per_minute`` requests a minute for each key; 0 turns the limit off."""
+    """``per_minute`` requests a minute for each key; 0 turns the limit off.
 
-    def __init__(self, per_minute: int = DEFAULT_PER_MINUTE) -> None:
+    The gateway's default is ``rate_limit_per_minute``'s (``service.config``).
+    """
+
+    def __init__(self, per_minute: int) -> None:
         if per_minute < 0:
             raise ValueError("rate_limit_per_minute cannot be negative")
         self.per_minute = per_minute

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from service.gateway import Gateway
 from service.grpc.server import RunningServer, bind_server
-from service.http.app import HttpServer
+from service.http.server import HttpServer
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from unittest import mock
 import pytest
 from grpc import aio
 
-from service.app import build_gateway
+from service.assembly import build_gateway
 from service.auth import hash_token
 from service.config import from_mapping
 from service.gateway import Gateway

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from service.http.app import HttpServer
+from service.http.server import HttpServer
 from service.sessions.simulated import SimulatedSession
 from tests.conftest import ACME_TOKEN, Harness
 

@@ -18,7 +18,7 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from service.app import build_gateway
+from service.assembly import build_gateway
 from service.auth import Principal, Scope, TokenRegistry, hash_token
 from service.config import from_mapping
 from service.errors import Code, GatewayError

@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from service import protogen
+from tools import protogen
 
 PROTOS = sorted(protogen.PROTO_ROOT.rglob("*.proto"))
 
 
 def test_generated_code_is_current() -> None:
-    assert protogen.is_current(), "generated code is stale: run `python -m service.protogen`"
+    assert protogen.is_current(), "generated code is stale: run `python tools/protogen.py`"
 
 
 def test_every_message_field_enum_and_value_is_documented() -> None:

@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service import data_dir
 from service.grpc.server import bind_server
-from service.http.app import HttpServer
+from service.http.server import HttpServer
 from service.listen import ListenError
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from service.app import build_gateway
+from service.assembly import build_gateway
 from service.config import from_mapping
 from service.gateway import Gateway
 from service.sessions.base import SessionState, SessionStatus

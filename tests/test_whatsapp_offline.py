@@ -40,7 +40,7 @@ import pytest
 from grpc import aio
 from neonize.proto import Neonize_pb2 as npb
 
-from service.app import build_gateway
+from service.assembly import build_gateway
 from service.config import from_mapping
 from service.gateway import Gateway
 from service.grpc.server import start_server

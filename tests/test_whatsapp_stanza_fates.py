@@ -21,7 +21,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from service.grpc import convert
-from service.http.app import HttpServer
+from service.http.server import HttpServer
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.sessions.whatsapp.standin import Fault, StandInFFI, Timing
 from service.settings import Field, Settings

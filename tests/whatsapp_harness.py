@@ -22,7 +22,7 @@ from google.rpc import error_details_pb2
 from grpc import aio
 from grpc_status import rpc_status
 
-from service.app import build_gateway
+from service.assembly import build_gateway
 from service.auth import hash_token
 from service.config import from_mapping
 from service.gateway import Gateway

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from service import config as config_module
 from service import data_dir
+from service import demo as demo_module
 from service.auth import hash_token, new_token
 from service.cli import client
+from service.config import DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, DEFAULT_RATE_LIMIT_PER_MINUTE
+from service.demo import DEMO_LATENCY_MS
 from service.listen import ListenError
 from service.settings import FIELDS
-
-DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,16 +52,24 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get(config_module.ENV_PREFIX + "CONFIG"),
         help="TOML configuration file (env PRIVACY_GATEWAY_CONFIG); none runs the demo",
     )
-    serve.add_argument("--listen", metavar="HOST:PORT", help=f"gRPC; default {DEFAULT_ADDRESS}")
+    serve.add_argument("--listen", metavar="HOST:PORT", help=f"gRPC; default {DEFAULT_LISTEN}")
     serve.add_argument(
         "--http-listen",
         metavar="HOST:PORT",
-        help=f"REST; default {config_module.DEFAULT_HTTP_LISTEN}; '' turns it off",
+        help=f"REST; default {DEFAULT_HTTP_LISTEN}; '' turns it off",
     )
-    serve.add_argument("--rate-limit-per-minute", type=int, metavar="N", help="0 turns it off")
+    serve.add_argument(
+        "--rate-limit-per-minute",
+        type=int,
+        metavar="N",
+        help=f"per token; default {DEFAULT_RATE_LIMIT_PER_MINUTE}; 0 turns it off",
+    )
     serve.add_argument("--demo-token", metavar="T", help="demo only: use this token")
     serve.add_argument(
-        "--demo-latency-ms", type=int, metavar="N", help="demo only: simulated stanza latency"
+        "--demo-latency-ms",
+        type=int,
+        metavar="N",
+        help=f"demo only: simulated stanza latency; default {DEMO_LATENCY_MS}",
     )
     serve.set_defaults(run=_serve)
 
@@ -110,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _env_address() -> str:
-    return os.environ.get(config_module.ENV_PREFIX + "ADDRESS", DEFAULT_ADDRESS)
+    return os.environ.get(config_module.ENV_PREFIX + "ADDRESS", DEFAULT_LISTEN)
 
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
@@ -133,24 +142,23 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service import app  # noqa: PLC0415 - keeps client commands light
+    from service import assembly  # noqa: PLC0415 - keeps client commands light
     from service.runtime import Endpoints, serve_until_signalled  # noqa: PLC0415
 
-    demo: app.Demo | None = None
-    if args.config is not None:
-        if args.demo_token or args.demo_latency_ms is not None:
-            raise config_module.ConfigError("--demo-* options apply only without --config")
-        cfg = config_module.load(Path(args.config))
-    else:
-        latency = app.DEMO_LATENCY_MS if args.demo_latency_ms is None else args.demo_latency_ms
-        demo = app.demo(args.demo_token, latency)
-        cfg = demo.config
-    overrides = {
+    # --config, else PRIVACY_GATEWAY_CONFIG (the option's default), names the file; without one
+    # the demo stands in for it.
+    demo: demo_module.Demo | None = None
+    if args.config is None:
+        demo = demo_module.demo(args.demo_token, args.demo_latency_ms)
+    elif args.demo_token or args.demo_latency_ms is not None:
+        raise config_module.ConfigError("--demo-* options apply only without --config")
+    command_line = {
         "listen": args.listen,
         "http_listen": args.http_listen,
         "rate_limit_per_minute": args.rate_limit_per_minute,
     }
-    cfg = config_module.with_overrides(cfg, {k: v for k, v in overrides.items() if v is not None})
+    file = Path(args.config) if demo is None else demo.contents
+    cfg = config_module.resolve(command_line, os.environ, file)
     logging.basicConfig(
         level=cfg.log_level.upper(),
         stream=sys.stderr,
@@ -179,7 +187,7 @@ def _serve(args: argparse.Namespace) -> int:
     # Taken before anything opens the data_dir or binds a port: a second gateway on this data_dir
     # stops here, with nothing started; the lock goes when the gateway has stopped.
     with data_dir.locked(cfg.data_dir):
-        gateway = app.build_gateway(cfg)
+        gateway = assembly.build_gateway(cfg)
         serving = serve_until_signalled(
             gateway, cfg.listen, cfg.http_listen or None, cfg.shutdown_grace_seconds, ready
         )

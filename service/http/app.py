@@ -25,7 +25,6 @@ from service.http import responses
 from service.http.body import MAX_BODY_BYTES
 from service.http.openapi import openapi_document
 from service.http.responses import NDJSON
-from service.listen import host_and_port, listen_error
 
 log = logging.getLogger(__name__)
 
@@ -170,37 +169,3 @@ async def _openapi(request: web.Request) -> web.StreamResponse:
 
 async def _healthz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok", "time": time.time()})
-
-
-class HttpServer:
-    """The REST surface on ``host:port``, in the running event loop."""
-
-    def __init__(self, gateway: Gateway, shutdown_timeout: float = 10.0) -> None:
-        # ``handler_cancellation``: a client that hangs up cancels its handler, so that an update
-        # it started stops as a gRPC caller's does (aiohttp lets handlers run on by default).
-        self._runner = web.AppRunner(
-            create_app(gateway),
-            access_log=None,
-            shutdown_timeout=shutdown_timeout,
-            handler_cancellation=True,
-        )
-        self.port = 0
-
-    async def start(self, address: str) -> None:
-        """Binds ``address`` (port 0 picks a free one) and serves; ``ListenError`` if taken.
-
-        ``reuse_port`` stays off, so that a second gateway cannot share the port (the kernel
-        would split the connections between the two).
-        """
-        host, port = host_and_port(address)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_port=False)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise listen_error("REST", address, "--http-listen", exc) from exc
-        self.port = int(self._runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()

@@ -1,7 +1,9 @@
-"""Generates the Python code for the wire contract in ``protos/``.
+"""Generates the Python code for the wire contract in ``protos/``: a development tool.
 
-Run ``python -m service.protogen`` after changing a ``.proto`` file; ``--check`` exits non-zero
-when the committed code differs from what the protos generate (the tests run it).
+Run ``python tools/protogen.py`` (or ``python -m tools.protogen``) from a checkout after changing
+a ``.proto`` file; ``--check`` exits non-zero when the committed code differs from what the
+protos generate (the tests run it). It is no part of the installed package, which holds only
+``service``; the code it generates, ``service/proto``, is.
 
 protoc names Python modules after the proto package (``wagateway.privacy.v1``), which is not
 importable from inside this package, so the generated imports are rewritten to live under
@@ -91,14 +93,14 @@ def is_current() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.protogen", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python tools/protogen.py", description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if the code is stale")
     args = parser.parse_args(argv)
     if args.check:
         if is_current():
             print("generated code is current")
             return 0
-        print("generated code is stale: run `python -m service.protogen`", file=sys.stderr)
+        print("generated code is stale: run `python tools/protogen.py`", file=sys.stderr)
         return 1
     if OUT_ROOT.exists():
         shutil.rmtree(OUT_ROOT)

@@ -1,13 +1,12 @@
-"""Builds a running gateway's parts from its configuration, and the embedded demo."""
+"""Builds a gateway from its configuration: tokens, instances and their sessions, the journal."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.auth import Principal, Scope, TokenRegistry, hash_token, new_token
-from service.config import GatewayConfig, InstanceConfig, from_mapping
+from service.auth import Principal, Scope, TokenRegistry
+from service.config import GatewayConfig, InstanceConfig
 from service.gateway import Gateway
 from service.instances import Instance, InstanceDirectory
 from service.operations import Operations
@@ -21,9 +20,6 @@ if TYPE_CHECKING:
     from service.sessions.whatsapp.devices import DeviceBook
     from service.sessions.whatsapp.ffi import WhatsAppFFI
     from service.sessions.whatsapp.guard import GuardedFFI
-
-DEMO_INSTANCE = "demo"
-DEMO_LATENCY_MS = 400
 
 
 def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gateway:
@@ -117,23 +113,3 @@ def _simulated(config: InstanceConfig) -> SimulatedSession:
         if value is not None:
             initial[field] = value
     return SimulatedSession(Settings(initial), latency=config.latency_ms / 1000)
-
-
-@dataclass(frozen=True)
-class Demo:
-    config: GatewayConfig
-    token: str
-
-
-def demo(token: str | None = None, latency_ms: int = DEMO_LATENCY_MS) -> Demo:
-    """One account and one instance, ``demo``, on a simulated session with a visible latency."""
-    token = token or new_token()
-    config = from_mapping(
-        {
-            "accounts": [{"name": DEMO_INSTANCE, "token_sha256": hash_token(token)}],
-            "instances": [
-                {"name": DEMO_INSTANCE, "account": DEMO_INSTANCE, "latency_ms": latency_ms}
-            ],
-        }
-    )
-    return Demo(config, token)

@@ -1,0 +1,51 @@
+"""Assembles the REST server: the contract's aiohttp app, its port, and graceful shutdown.
+
+The REST counterpart of ``service.grpc.server``: the port is bound without ``SO_REUSEPORT``, so
+that a second gateway cannot share it, and a port that cannot be bound is a one-line
+``ListenError`` naming it and ``--http-listen``.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from service.config import DEFAULT_SHUTDOWN_GRACE_SECONDS
+from service.gateway import Gateway
+from service.http.app import create_app
+from service.listen import host_and_port, listen_error
+
+
+class HttpServer:
+    """The REST surface on ``host:port``, in the running event loop."""
+
+    def __init__(
+        self, gateway: Gateway, shutdown_timeout: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
+    ) -> None:
+        # ``handler_cancellation``: a client that hangs up cancels its handler, so that an update
+        # it started stops as a gRPC caller's does (aiohttp lets handlers run on by default).
+        self._runner = web.AppRunner(
+            create_app(gateway),
+            access_log=None,
+            shutdown_timeout=shutdown_timeout,
+            handler_cancellation=True,
+        )
+        self.port = 0
+
+    async def start(self, address: str) -> None:
+        """Binds ``address`` (port 0 picks a free one) and serves; ``ListenError`` if taken.
+
+        ``reuse_port`` stays off, so that a second gateway cannot share the port (the kernel
+        would split the connections between the two).
+        """
+        host, port = host_and_port(address)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_port=False)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise listen_error("REST", address, "--http-listen", exc) from exc
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
