@@ -25,7 +25,7 @@ from service.errors import Code, GatewayError
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
 from service.settings import Field
-from tests.conftest import (
+from tests.helpers.harness import (
     ACME_TOKEN,
     GLOBEX_TOKEN,
     SALES_TOKEN,

@@ -18,7 +18,7 @@ import pytest
 from benchmarks import stanzas
 from benchmarks.__main__ import render
 from benchmarks.common import Row, machine
-from tests.seed import EXAMPLES
+from tests.helpers.seed import EXAMPLES
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("1 overhead", "2 stanzas", "3 scaling", "4 footprint")

@@ -25,7 +25,7 @@ from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
 from service.settings import Field
-from tests.processes import CLI, TIMEOUT, GatewayProcess, started_gateways, stripped_env
+from tests.helpers.processes import CLI, TIMEOUT, GatewayProcess, started_gateways, stripped_env
 
 DEMO_TOKEN = "demo-test-token"
 

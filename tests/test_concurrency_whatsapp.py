@@ -24,8 +24,8 @@ from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.sessions.whatsapp.session import WhatsAppSession
 from service.sessions.whatsapp.standin import StandInFFI
 from service.settings import Field, by_category
-from tests.updates import EVERY_FIELD_CHANGED
-from tests.whatsapp_harness import CONNECTED, JID, StartWhatsApp, WaGateway
+from tests.helpers.updates import EVERY_FIELD_CHANGED
+from tests.helpers.whatsapp_harness import CONNECTED, JID, StartWhatsApp, WaGateway
 
 INSTANCES = 200
 LATENCY = 0.05

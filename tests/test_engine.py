@@ -28,7 +28,7 @@ from service.sessions.simulated import (
     SimulatedSession,
 )
 from service.settings import Field, Settings
-from tests.updates import FIVE_CHANGES
+from tests.helpers.updates import FIVE_CHANGES
 
 REFUSAL = "privacy value not allowed for this account"
 FETCH = SentStanza(None, None)

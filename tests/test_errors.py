@@ -21,7 +21,7 @@ from grpc_status import rpc_status
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
 from service.settings import Field, Settings
-from tests.conftest import (
+from tests.helpers.harness import (
     ACME_TOKEN,
     GLOBEX_TOKEN,
     SALES_TOKEN,

@@ -3,8 +3,8 @@
 A gateway with both kinds of instance serves these tests: simulated ``sales`` (with an instance
 token) and ``support``, a linked WhatsApp ``wa`` (with an instance token) and an unpaired ``new``
 of account ``acme``; simulated ``other`` and a linked WhatsApp ``globex-wa`` of ``globex``. The
-WhatsApp ones run on the stand-in (``tests.whatsapp_harness``; ``conftest`` imports neonize first,
-under a guard: see there).
+WhatsApp ones run on the stand-in (``tests.helpers.whatsapp_harness``; ``conftest`` imports
+neonize first, under a guard: see there).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from service.auth import hash_token
 from service.proto.wagateway.privacy.v1 import instance_service_pb2 as instance_pb
 from service.sessions.simulated import SimulatedSession
 from service.settings import Field
-from tests.conftest import ACME_TOKEN, GLOBEX_TOKEN, SALES_TOKEN
-from tests.processes import CLI, stripped_env
-from tests.processes import TIMEOUT as CLI_TIMEOUT
-from tests.whatsapp_harness import (
+from tests.helpers.harness import ACME_TOKEN, GLOBEX_TOKEN, SALES_TOKEN
+from tests.helpers.processes import CLI, stripped_env
+from tests.helpers.processes import TIMEOUT as CLI_TIMEOUT
+from tests.helpers.whatsapp_harness import (
     CONNECTED,
     DISCONNECTED,
     JID,

@@ -26,8 +26,8 @@ from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from service.sessions.simulated import DEFAULT_SETTINGS
 from service.settings import Field, Settings
-from tests.processes import TIMEOUT, GatewayProcess, started_gateways, stripped_env
-from tests.updates import FIVE_CHANGES
+from tests.helpers.processes import TIMEOUT, GatewayProcess, started_gateways, stripped_env
+from tests.helpers.updates import FIVE_CHANGES
 
 TOKEN = "journal-restart-token"
 

@@ -6,7 +6,8 @@ a shared journal and shared WhatsApp session stores (one linked device, two conn
 the second exits 2 within seconds with one line on stderr that names the conflict and what to
 change, and the first still answers.
 
-The gateways are real ``privacy-gateway serve`` processes (tests/processes.py), on 127.0.0.1.
+The gateways are real ``privacy-gateway serve`` processes (tests/helpers/processes.py), on
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from service.http.app import HttpServer
 from service.listen import ListenError
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
-from tests.conftest import Harness
-from tests.processes import CLI, TIMEOUT, GatewayProcess, started_gateways, stripped_env
+from tests.helpers.harness import Harness
+from tests.helpers.processes import CLI, TIMEOUT, GatewayProcess, started_gateways, stripped_env
 
 TOKEN = "one-gateway-token"
 #: How soon the second gateway must have given up: it fails before it serves anything.

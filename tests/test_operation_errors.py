@@ -16,8 +16,8 @@ from grpc import aio
 
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
-from tests.conftest import ACME_TOKEN, Harness, visibility
-from tests.rest_client import Rest
+from tests.helpers.harness import ACME_TOKEN, Harness, visibility
+from tests.helpers.rest_client import Rest
 
 LAST_SEEN_NONE = visibility(last_seen=spb.VISIBILITY_VALUE_NONE)
 #: The same change as ``LAST_SEEN_NONE``, as a REST body.

@@ -62,15 +62,15 @@ from service.sessions.simulated import (
     SimulatedSession,
 )
 from service.settings import Field, Settings
-from tests.conftest import (
+from tests.helpers.harness import (
     ACME_TOKEN,
     GLOBEX_TOKEN,
     SALES_TOKEN,
     GatewayFactory,
     Harness,
 )
-from tests.rich_status import error_info, update_response
-from tests.updates import EVERY_FIELD_CHANGED, FIVE_CHANGES
+from tests.helpers.rich_status import error_info, update_response
+from tests.helpers.updates import EVERY_FIELD_CHANGED, FIVE_CHANGES
 
 REFUSAL = "privacy value not allowed for this account"
 RESTORE_REFUSAL = "restore refused by the server"

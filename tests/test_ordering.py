@@ -25,8 +25,8 @@ from service.grpc.convert import (
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.sessions.simulated import DEFAULT_SETTINGS, SentStanza
 from service.settings import Field, Settings
-from tests.conftest import GatewayFactory, Harness
-from tests.updates import FIVE_CHANGES
+from tests.helpers.harness import GatewayFactory, Harness
+from tests.helpers.updates import FIVE_CHANGES
 
 StreamCall = aio.UnaryStreamCall[
     pb.StreamUpdatePrivacySettingsRequest, pb.StreamUpdatePrivacySettingsResponse

@@ -18,9 +18,9 @@ import pytest
 from service.grpc.convert import settings_from_proto, settings_to_proto
 from service.sessions.simulated import SentStanza, SimulatedSession
 from service.settings import Field, Settings
-from tests.conftest import SALES_TOKEN, GatewayFactory, Harness
-from tests.rest_client import Reply, Rest, Unchanged, serving
-from tests.seed import EXAMPLES, FULLY_RESTRICTIVE_RESPONSE, settings_from_body
+from tests.helpers.harness import SALES_TOKEN, GatewayFactory, Harness
+from tests.helpers.rest_client import Reply, Rest, Unchanged, serving
+from tests.helpers.seed import EXAMPLES, FULLY_RESTRICTIVE_RESPONSE, settings_from_body
 
 UPDATED = "Privacy settings updated successfully"
 

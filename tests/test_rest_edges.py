@@ -18,15 +18,15 @@ from aiohttp.web_request import BaseRequest
 
 from service.grpc.convert import settings_to_proto
 from service.settings import Field, Settings
-from tests.conftest import (
+from tests.helpers.harness import (
     ACME_TOKEN,
     GLOBEX_TOKEN,
     SALES_TOKEN,
     GatewayFactory,
     Harness,
 )
-from tests.rest_client import PATH, Reply, Rest, Unchanged, serving
-from tests.seed import EXAMPLES, FULLY_RESTRICTIVE_RESPONSE, settings_from_body
+from tests.helpers.rest_client import PATH, Reply, Rest, Unchanged, serving
+from tests.helpers.seed import EXAMPLES, FULLY_RESTRICTIVE_RESPONSE, settings_from_body
 
 LAST_SEEN_VALUES = "all, contacts, contact_blacklist, none"
 NDJSON = "application/x-ndjson"

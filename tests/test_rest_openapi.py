@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.schemas import APIOperation
 
-from tests.seed import EXAMPLES, FULLY_RESTRICTIVE_RESPONSE
+from tests.helpers.seed import EXAMPLES, FULLY_RESTRICTIVE_RESPONSE
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "schemathesis-demo-token"

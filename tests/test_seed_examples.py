@@ -8,8 +8,8 @@ from service.grpc.convert import settings_from_proto, settings_to_proto
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.sessions.simulated import DEFAULT_SETTINGS
 from service.settings import Settings
-from tests.conftest import Harness
-from tests.seed import EXAMPLES, FULLY_RESTRICTIVE_RESPONSE, settings_from_body
+from tests.helpers.harness import Harness
+from tests.helpers.seed import EXAMPLES, FULLY_RESTRICTIVE_RESPONSE, settings_from_body
 
 
 @pytest.mark.parametrize("name", list(EXAMPLES))

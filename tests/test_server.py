@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
-from tests.conftest import Harness, visibility
+from tests.helpers.harness import Harness, visibility
 
 PRIVACY_SERVICE = "wagateway.privacy.v1.PrivacyService"
 HEALTH_SERVICE = "grpc.health.v1.Health"

@@ -16,9 +16,9 @@ from grpc_status import rpc_status
 from service.grpc.convert import field_from_proto, settings_to_proto
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.settings import Field, Settings
-from tests.conftest import Harness
-from tests.rest_client import serving
-from tests.rich_status import error_info, update_response
+from tests.helpers.harness import Harness
+from tests.helpers.rest_client import serving
+from tests.helpers.rich_status import error_info, update_response
 
 
 def _states(fields: Any) -> list[tuple[str, str]]:

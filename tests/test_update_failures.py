@@ -28,9 +28,9 @@ from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
 from service.sessions.simulated import DEFAULT_SETTINGS, NOT_CONNECTED_REASON
 from service.settings import FIELDS, Field, Settings
-from tests.conftest import Harness
-from tests.rich_status import error_info, update_response
-from tests.updates import EVERY_FIELD_CHANGED
+from tests.helpers.harness import Harness
+from tests.helpers.rich_status import error_info, update_response
+from tests.helpers.updates import EVERY_FIELD_CHANGED
 
 REFUSAL = "privacy value not allowed for this account"
 

@@ -21,8 +21,8 @@ from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
 from service.sessions.simulated import DEFAULT_SETTINGS
 from service.settings import Field, Settings
-from tests.conftest import SALES_TOKEN, Harness, visibility
-from tests.whatsapp_harness import (
+from tests.helpers.harness import SALES_TOKEN, Harness, visibility
+from tests.helpers.whatsapp_harness import (
     CONNECTED,
     DISCONNECTED,
     TIMEOUT,

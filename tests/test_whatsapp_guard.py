@@ -14,7 +14,7 @@ import time
 from service.sessions.whatsapp.ffi import EMPTY_EVENT_CODES, SUBSCRIPTIONS
 from service.sessions.whatsapp.guard import READ_WINDOW
 from service.sessions.whatsapp.standin import Fault, StandInFFI, Timing
-from tests.whatsapp_harness import CONNECTED, JID, LOGGED_OUT, StartWhatsApp
+from tests.helpers.whatsapp_harness import CONNECTED, JID, LOGGED_OUT, StartWhatsApp
 
 
 def test_no_event_neonize_cannot_forward_is_subscribed_to() -> None:

@@ -34,7 +34,7 @@ from service.gateway import Gateway
 from service.sessions.base import SessionState, SessionStatus
 from service.sessions.whatsapp import probe as probe_module
 from service.sessions.whatsapp.ffi import NeonizeFFI
-from tests.conftest import gateway_config
+from tests.helpers.harness import gateway_config
 from tests.test_whatsapp_offline import (
     CLOSED_HTTP,
     DIAL_ERROR,

@@ -22,7 +22,7 @@ from service.proto.wagateway.privacy.v1 import instance_service_pb2 as instance_
 from service.sessions.whatsapp import session as whatsapp_session
 from service.sessions.whatsapp.standin import StandInFFI, Timing
 from service.settings import Field
-from tests.whatsapp_harness import (
+from tests.helpers.whatsapp_harness import (
     CONNECTED,
     DISCONNECTED,
     JID,

@@ -1,8 +1,8 @@
 """WhatsApp sessions on the real neonize library, with no network at all.
 
 Every WhatsApp instance here dials through a proxy on 127.0.0.1: a closed port, or a recording
-proxy from ``tests.loopback_proxy`` that forwards nothing (``AnsweringProxy`` says yes to the
-CONNECT first, then hangs up). So the Go library never resolves or reaches WhatsApp, yet
+proxy from ``tests.helpers.loopback_proxy`` that forwards nothing (``AnsweringProxy`` says yes to
+the CONNECT first, then hangs up). So the Go library never resolves or reaches WhatsApp, yet
 everything up to the dial is the real thing: the gateway, the supervisor, the FFI calls, the
 error strings whatsmeow gives, and the replies neonize serializes.
 
@@ -60,8 +60,8 @@ from service.sessions.whatsapp.session import Backoff, WhatsAppOptions, WhatsApp
 from service.sessions.whatsapp.standin import StandInFFI
 from service.sessions.whatsapp.threads import BlockingCalls
 from service.settings import FIELDS, Field, Settings
-from tests.conftest import ACME_TOKEN, Harness, gateway_config, visibility
-from tests.loopback_proxy import Dial, RecordingProxy
+from tests.helpers.harness import ACME_TOKEN, Harness, gateway_config, visibility
+from tests.helpers.loopback_proxy import Dial, RecordingProxy
 
 CLOSED_SOCKS = "socks5://127.0.0.1:1"
 CLOSED_HTTP = "http://127.0.0.1:1"

@@ -23,8 +23,8 @@ from neonize.proto import Neonize_pb2 as npb
 from service.proto.wagateway.privacy.v1 import instance_service_pb2 as instance_pb
 from service.sessions.whatsapp.devices import DeviceBook
 from service.sessions.whatsapp.standin import Fault, StandInFFI, Timing
-from tests.rich_status import error_info
-from tests.whatsapp_harness import (
+from tests.helpers.rich_status import error_info
+from tests.helpers.whatsapp_harness import (
     CONNECTED,
     JID,
     NOT_PAIRED,

@@ -5,7 +5,7 @@
 callbacks, the stanza threads, pairing. Every event a test sees comes from the stand-in's own
 behaviour (the Device event with the JID on every connect, PairStatus on a scan, Disconnected on
 a drop); the shared harness (a gateway with WhatsApp instances on a loopback port, started like
-``serve`` starts it) is ``tests.whatsapp_harness``.
+``serve`` starts it) is ``tests.helpers.whatsapp_harness``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from service.sessions.whatsapp.link import Link, Phase
 from service.sessions.whatsapp.session import WhatsAppSession
 from service.sessions.whatsapp.standin import Fault, StandInFFI, Timing
 from service.settings import Field, Settings, by_category
-from tests.whatsapp_harness import (
+from tests.helpers.whatsapp_harness import (
     CONNECTED,
     DISCONNECTED,
     JID,

@@ -25,8 +25,15 @@ from service.http.app import HttpServer
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.sessions.whatsapp.standin import Fault, StandInFFI, Timing
 from service.settings import Field, Settings
-from tests.rich_status import details, error_info, update_response
-from tests.whatsapp_harness import CONNECTED, JID, StartWhatsApp, WaGateway, drain, rpc_error
+from tests.helpers.rich_status import details, error_info, update_response
+from tests.helpers.whatsapp_harness import (
+    CONNECTED,
+    JID,
+    StartWhatsApp,
+    WaGateway,
+    drain,
+    rpc_error,
+)
 
 #: The gateway's own bound on one stanza in these tests (stanza_timeout_seconds).
 STANZA_TIMEOUT = 0.4

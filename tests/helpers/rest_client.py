@@ -17,7 +17,7 @@ import aiohttp
 
 from service.http.app import HttpServer
 from service.sessions.simulated import SimulatedSession
-from tests.conftest import ACME_TOKEN, Harness
+from tests.helpers.harness import ACME_TOKEN, Harness
 
 PATH = "/api/profile/privacy/{}"
 

@@ -34,7 +34,7 @@ from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from service.sessions.whatsapp.standin import StandInFFI
 from service.settings import Field, Settings
-from tests.conftest import ACME_TOKEN, GLOBEX_TOKEN
+from tests.helpers.harness import ACME_TOKEN, GLOBEX_TOKEN
 
 JID = "5511999999999@s.whatsapp.net"
 PHONE = "5511999999999"
