@@ -17,7 +17,7 @@ import pytest
 from neonize.proto import Neonize_pb2 as npb
 
 from service.sessions.whatsapp.ffi import LinkCallbacks, NeonizeFFI
-from tests.test_whatsapp_offline import CLOSED_HTTP, CLOSED_SOCKS, DIAL_ERROR, connect_in_thread
+from tests.helpers.neonize_offline import CLOSED_HTTP, CLOSED_SOCKS, DIAL_ERROR, connect_in_thread
 
 #: How long after ``connect`` returned a late log line may still arrive (Go logs on goroutines).
 SETTLE = 0.2

@@ -35,7 +35,7 @@ from service.sessions.base import SessionState, SessionStatus
 from service.sessions.whatsapp import probe as probe_module
 from service.sessions.whatsapp.ffi import NeonizeFFI
 from tests.helpers.harness import gateway_config
-from tests.test_whatsapp_offline import (
+from tests.helpers.neonize_offline import (
     CLOSED_HTTP,
     DIAL_ERROR,
     AnsweringProxy,
