@@ -27,7 +27,7 @@ from schemathesis.schemas import APIOperation
 
 from tests.helpers.seed import EXAMPLES, FULLY_RESTRICTIVE_RESPONSE
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "schemathesis-demo-token"
 PRIVACY = "/api/profile/privacy/{instance}"
 READY = "privacy-gateway: REST listening on "

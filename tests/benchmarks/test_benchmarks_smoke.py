@@ -20,7 +20,7 @@ from benchmarks.__main__ import render
 from benchmarks.common import Row, machine
 from tests.helpers.seed import EXAMPLES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SECTIONS = ("1 overhead", "2 stanzas", "3 scaling", "4 footprint")
 
 
