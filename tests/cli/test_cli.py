@@ -1,7 +1,8 @@
 """``privacy-gateway``, run as real processes: the demo server, the client commands, shutdown.
 
-Every process a test starts is stopped by the ``start_gateway`` fixture's teardown (or killed
-by ``subprocess.run``'s timeout), and every wait has a timeout.
+Every process a test starts is stopped by the ``start_gateway`` fixture's teardown
+(``tests/cli/conftest.py``) or killed by ``subprocess.run``'s timeout, and every wait has a
+timeout.
 """
 
 from __future__ import annotations
@@ -11,10 +12,8 @@ import re
 import signal
 import socket
 import subprocess
-import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -25,9 +24,8 @@ from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
 from service.settings import Field
-from tests.helpers.processes import CLI, TIMEOUT, GatewayProcess, started_gateways, stripped_env
-
-DEMO_TOKEN = "demo-test-token"
+from tests.helpers.cli import DEMO_TOKEN, StartGateway, cli_env
+from tests.helpers.processes import CLI, TIMEOUT, GatewayProcess
 
 #: ``get``'s table for a fresh simulated account (WhatsApp's defaults).
 DEFAULT_TABLE = [
@@ -39,19 +37,6 @@ DEFAULT_TABLE = [
     ("permissions", "call_add", "all"),
     ("permissions", "group_add", "all"),
 ]
-
-
-def cli_env(**variables: str) -> dict[str, str]:
-    """The test's environment without any ``PRIVACY_GATEWAY_*``, plus ``variables``.
-
-    The REST surface listens on a free port, so that no test depends on 8080 being free, and the
-    gateway keeps its data (the journal) in a fresh directory, not in the checkout.
-    """
-    env = stripped_env()
-    env["PRIVACY_GATEWAY_HTTP_LISTEN"] = "127.0.0.1:0"
-    env["PRIVACY_GATEWAY_DATA_DIR"] = tempfile.mkdtemp(prefix="privacy-gateway-test-")
-    env.update(variables)
-    return env
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -98,32 +83,6 @@ def free_port_held() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     return sock
-
-
-StartGateway = Callable[..., GatewayProcess]
-
-
-@pytest.fixture
-def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
-    """Starts ``privacy-gateway serve ARGS`` and returns once it printed its address.
-
-    Unless a test gives its own, the environment is ``cli_env()``'s: no test may depend on the
-    default ports being free or write its journal into the checkout.
-    """
-    with started_gateways(tmp_path) as start:
-
-        def start_with_cli_env(*args: str, env: dict[str, str] | None = None) -> GatewayProcess:
-            return start(*args, env=cli_env() if env is None else env)
-
-        yield start_with_cli_env
-
-
-@pytest.fixture
-def demo(start_gateway: StartGateway) -> GatewayProcess:
-    """The demo gateway with a known token and no stanza latency."""
-    return start_gateway(
-        "--listen", "127.0.0.1:0", "--demo-token", DEMO_TOKEN, "--demo-latency-ms", "0"
-    )
 
 
 def get_demo(gateway: GatewayProcess, token: str = DEMO_TOKEN) -> subprocess.CompletedProcess[str]:

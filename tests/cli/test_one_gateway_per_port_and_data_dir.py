@@ -15,80 +15,20 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service import data_dir
 from service.grpc.server import bind_server
 from service.http.app import HttpServer
 from service.listen import ListenError
-from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
-from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from tests.helpers.harness import Harness
-from tests.helpers.processes import CLI, TIMEOUT, GatewayProcess, started_gateways, stripped_env
+from tests.helpers.one_gateway import First, env_for, serve_args
+from tests.helpers.processes import CLI, TIMEOUT, started_gateways
 
-TOKEN = "one-gateway-token"
 #: How soon the second gateway must have given up: it fails before it serves anything.
 FAILS_WITHIN = 10.0
-REST_LISTENING = r"^privacy-gateway: REST listening on http://127\.0\.0\.1:(\d+)$"
-
-
-def serve_args(listen: str = "127.0.0.1:0", http_listen: str = "127.0.0.1:0") -> list[str]:
-    """The demo gateway on these addresses (free ports unless given), with a known token."""
-    return [
-        "--listen", listen,
-        "--http-listen", http_listen,
-        "--demo-token", TOKEN,
-        "--demo-latency-ms", "0",
-    ]  # fmt: skip
-
-
-def env_for(data: Path) -> dict[str, str]:
-    env = stripped_env()
-    env["PRIVACY_GATEWAY_DATA_DIR"] = str(data)
-    return env
-
-
-@dataclass
-class First:
-    """The gateway that was there first, and the REST port and data_dir it holds."""
-
-    gateway: GatewayProcess
-    rest_port: int
-    data: Path
-
-    def assert_still_serves(self) -> None:
-        """Health says SERVING, REST answers, and a call reaches the demo instance."""
-        with grpc.insecure_channel(self.gateway.address) as channel:
-            health: Any = health_pb2_grpc.HealthStub(channel)  # its stubs leave the methods out
-            response = health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
-            assert response.status == health_pb2.HealthCheckResponse.SERVING
-            pb_grpc.PrivacyServiceStub(channel).GetPrivacySettings(
-                pb.GetPrivacySettingsRequest(instance="demo"),
-                metadata=(("token", TOKEN),),
-                timeout=TIMEOUT,
-            )
-        no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        url = f"http://127.0.0.1:{self.rest_port}/healthz"
-        with no_proxy.open(url, timeout=TIMEOUT) as reply:
-            assert reply.status == 200
-        assert self.gateway.process.poll() is None, "the first gateway still runs"
-
-
-@pytest.fixture
-def first(tmp_path: Path) -> Iterator[First]:
-    with started_gateways(tmp_path) as start:
-        data = tmp_path / "first-data"
-        gateway = start(*serve_args(), env=env_for(data))
-        rest_port = int(gateway.read_until(REST_LISTENING).group(1))
-        yield First(gateway, rest_port, data)
 
 
 def second_gateway(args: list[str], data: Path) -> subprocess.CompletedProcess[str]:

@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 
-from service.auth import hash_token
 from service.proto.wagateway.privacy.v1 import instance_service_pb2 as instance_pb
 from service.sessions.simulated import SimulatedSession
 from service.settings import Field
 from tests.helpers.harness import ACME_TOKEN, GLOBEX_TOKEN, SALES_TOKEN
+from tests.helpers.instances import WA_TOKEN
 from tests.helpers.processes import CLI, stripped_env
 from tests.helpers.processes import TIMEOUT as CLI_TIMEOUT
 from tests.helpers.whatsapp_harness import (
@@ -36,39 +33,11 @@ from tests.helpers.whatsapp_harness import (
     WaGateway,
     drain,
     error_reason,
-    paired,
     rpc_error,
-    whatsapp_gateways,
-    whatsapp_instance,
 )
-
-WA_TOKEN = "wa-instance-token"
 
 SIMULATED = instance_pb.SESSION_KIND_SIMULATED
 WHATSAPP = instance_pb.SESSION_KIND_WHATSAPP
-
-INSTANCES: list[dict[str, Any]] = [
-    {"name": "sales", "account": "acme", "token_sha256": hash_token(SALES_TOKEN)},
-    {"name": "support", "account": "acme"},
-    whatsapp_instance("wa", token_sha256=hash_token(WA_TOKEN)),
-    whatsapp_instance("new"),
-    {"name": "other", "account": "globex"},
-    whatsapp_instance("globex-wa", account="globex"),
-]
-
-
-@pytest.fixture
-async def mixed(tmp_path: Path) -> AsyncIterator[WaGateway]:
-    """The gateway, with every WhatsApp instance settled (linked ones CONNECTED, ``new`` not)."""
-    ffi = paired("wa", "globex-wa", latency=0.0)
-    async with whatsapp_gateways(tmp_path) as start:
-        running = await start(ffi, instances=INSTANCES)
-        await running.wait_state("wa", CONNECTED)
-        await running.wait_state("new", NOT_PAIRED)
-        running.token = GLOBEX_TOKEN
-        await running.wait_state("globex-wa", CONNECTED)
-        running.token = ACME_TOKEN
-        yield running
 
 
 async def listed(running: WaGateway, token: str) -> list[tuple[str, str, int, int]]:

@@ -7,7 +7,9 @@ Go library never resolves or reaches WhatsApp. ``store_with_device`` makes a fil
 counts as paired, ``paired_store`` a store whatsmeow itself loads as a paired device.
 
 A check that may crash the process (a Go fault is not an exception) runs in a child process
-with ``_run_in_child``, which imports its ``child_*`` function from this module.
+with ``_run_in_child``, which imports its ``child_*`` function from this module. What the
+fixtures of ``tests/whatsapp/conftest.py`` return and count is here too (``StartGateway``,
+``Attempts``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,7 @@ from service.sessions.whatsapp.guard import GuardedFFI
 from service.sessions.whatsapp.probe import probe_path
 from service.sessions.whatsapp.session import Backoff, WhatsAppOptions, WhatsAppSession
 from service.sessions.whatsapp.threads import BlockingCalls
+from tests.helpers.harness import Harness
 from tests.helpers.loopback_proxy import Dial, RecordingProxy
 
 CLOSED_SOCKS = "socks5://127.0.0.1:1"
@@ -48,6 +52,16 @@ ROOT = Path(__file__).resolve().parents[2]
 #: The device the stores made here hold (an AD-JID, as whatsmeow keeps it).
 DEVICE_JID = "5511999999999:1@s.whatsapp.net"
 _schema_stores = itertools.count()
+
+
+StartGateway = Callable[..., Awaitable[Harness]]
+
+
+def _connection_threads(*instances: str) -> list[threading.Thread]:
+    """The live connection threads of these instances (``whatsapp-<instance>#<n>``, one per
+    ``Neonize`` call, ``link``)."""
+    prefixes = tuple(f"whatsapp-{name}#" for name in instances)
+    return [t for t in threading.enumerate() if t.name.startswith(prefixes)]
 
 
 def whatsapp_instance(
@@ -171,6 +185,18 @@ def connect_in_thread(
     assert not thread.is_alive(), f"connect did not return within {timeout} s"
     assert time.monotonic() - started < timeout
     return result[0]
+
+
+@dataclass
+class Attempts:
+    """The gateway's connection attempts: each probe it made and each ``Neonize`` call."""
+
+    probes: list[tuple[float, str]] = field(default_factory=list)
+    connects: list[float] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.probes)
 
 
 # -- checks in a child process ----------------------------------------------------------------

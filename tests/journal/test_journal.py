@@ -7,7 +7,6 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -36,15 +35,6 @@ def _operation(operation_id: str) -> OperationRow:
 
 def _committing_thread(db: sqlite3.Connection) -> str:
     return threading.current_thread().name
-
-
-@pytest.fixture
-async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
-    opened = Journal(tmp_path / "journal.db")
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def test_occasional_commits_run_on_the_loop_sustained_ones_on_the_writer(

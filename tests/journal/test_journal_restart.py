@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import signal
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import grpc
 import pytest
@@ -26,7 +24,8 @@ from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from service.sessions.simulated import DEFAULT_SETTINGS
 from service.settings import Field, Settings
-from tests.helpers.processes import TIMEOUT, GatewayProcess, started_gateways, stripped_env
+from tests.helpers.journal_restart import StartGateway
+from tests.helpers.processes import TIMEOUT, GatewayProcess
 from tests.helpers.updates import FIVE_CHANGES
 
 TOKEN = "journal-restart-token"
@@ -49,30 +48,6 @@ name = "sales"
 account = "acme"
 latency_ms = {latency_ms}
 """
-
-
-class StartGateway(Protocol):
-    def __call__(self, config: Path) -> GatewayProcess: ...
-
-
-@pytest.fixture
-def gateway_processes(tmp_path: Path) -> Iterator[StartGateway]:
-    """Starts ``privacy-gateway serve --config F`` and returns once it printed its address.
-
-    No ``PRIVACY_GATEWAY_*`` variable reaches the gateway: ``PRIVACY_GATEWAY_DATA_DIR`` would
-    override the config's ``data_dir``, and both processes of a test must share that journal.
-    """
-    with started_gateways(tmp_path) as start:
-
-        def start_with_config(config: Path) -> GatewayProcess:
-            return start("--config", str(config), env=stripped_env())
-
-        yield start_with_config
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
 
 
 def _write_config(tmp_path: Path, data_dir: Path, latency_ms: int) -> Path:

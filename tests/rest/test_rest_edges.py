@@ -44,11 +44,6 @@ def assert_error(reply: Reply, status: int, message: str | None = None) -> str:
     return error_message
 
 
-@pytest.fixture
-def unchanged(gateway: Harness) -> Unchanged:
-    return Unchanged(gateway.session("sales"))
-
-
 # -- warnings --------------------------------------------------------------------------------
 
 

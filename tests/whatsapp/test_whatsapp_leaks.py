@@ -22,23 +22,19 @@ import itertools
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from service.app import build_gateway
 from service.config import from_mapping
 from service.gateway import Gateway
 from service.sessions.base import SessionState, SessionStatus
-from service.sessions.whatsapp import probe as probe_module
 from service.sessions.whatsapp.ffi import NeonizeFFI
 from tests.helpers.harness import gateway_config
 from tests.helpers.neonize_offline import (
     CLOSED_HTTP,
     DIAL_ERROR,
     AnsweringProxy,
+    Attempts,
     connect_in_thread,
     paired_store,
     store_with_device,
@@ -106,41 +102,6 @@ def test_neonize_leaves_its_store_open_on_every_call(tmp_path: Path) -> None:
 
 
 # -- b. and c. the gateway ---------------------------------------------------------------------
-
-
-@dataclass
-class Attempts:
-    """The gateway's connection attempts: each probe it made and each ``Neonize`` call."""
-
-    probes: list[tuple[float, str]] = field(default_factory=list)
-    connects: list[float] = field(default_factory=list)
-
-    @property
-    def count(self) -> int:
-        return len(self.probes)
-
-
-@pytest.fixture
-def attempts(monkeypatch: pytest.MonkeyPatch) -> Attempts:
-    """Counts the attempts of gateways built after it: their probe (``build_gateway`` takes
-    ``probe.probe_path`` when it builds a session) and neonize's ``connect``."""
-    seen = Attempts()
-    probe_path = probe_module.probe_path
-    connect = NeonizeFFI.connect
-
-    async def counted_probe(proxy: str | None, patience: float = probe_module.PROBE_TIMEOUT) -> str:
-        started = time.monotonic()
-        result = await probe_path(proxy, patience)
-        seen.probes.append((started, result))
-        return result
-
-    def counted_connect(self: NeonizeFFI, *args: Any, **kwargs: Any) -> str:
-        seen.connects.append(time.monotonic())
-        return connect(self, *args, **kwargs)
-
-    monkeypatch.setattr(probe_module, "probe_path", counted_probe)
-    monkeypatch.setattr(NeonizeFFI, "connect", counted_connect)
-    return seen
 
 
 def leak_gateway(

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +35,8 @@ import pytest
 from grpc import aio
 from neonize.proto import Neonize_pb2 as npb
 
-from service.app import build_gateway
-from service.config import from_mapping
-from service.gateway import Gateway
-from service.grpc.server import start_server
 from service.proto.wagateway.privacy.v1 import instance_service_pb2 as ipb
 from service.proto.wagateway.privacy.v1 import instance_service_pb2_grpc as ipb_grpc
-from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
 from service.sessions.base import SessionError, SessionState
 from service.sessions.whatsapp import codec
@@ -56,13 +49,15 @@ from service.sessions.whatsapp.session import WhatsAppSession
 from service.sessions.whatsapp.standin import StandInFFI
 from service.sessions.whatsapp.threads import BlockingCalls
 from service.settings import FIELDS, Field, Settings
-from tests.helpers.harness import ACME_TOKEN, Harness, gateway_config, visibility
+from tests.helpers.harness import ACME_TOKEN, Harness, visibility
 from tests.helpers.loopback_proxy import RecordingProxy
 from tests.helpers.neonize_offline import (
     CLOSED_HTTP,
     CLOSED_SOCKS,
     DIAL_ERROR,
     AnsweringProxy,
+    StartGateway,
+    _connection_threads,
     _run_in_child,
     connect_in_thread,
     paired_store,
@@ -117,71 +112,6 @@ NEONIZE_FIELD = {
 }
 
 
-StartGateway = Callable[..., Awaitable[Harness]]
-
-
-@pytest.fixture
-async def start_gateway(tmp_path: Path) -> AsyncIterator[Any]:
-    """Starts a gateway with the conftest's simulated instances plus the given WhatsApp ones.
-
-    Built and started as conftest's ``make_gateway`` does, but closed here with
-    ``_close_for_teardown``: a test that closed the gateway itself meets a second close at
-    teardown, which must not hide the test's own result (a second close can raise, see
-    ``test_a_second_close_after_a_given_up_dial_returns``). Leftover connection threads are
-    waited for while the event loop still runs, since they report to it.
-    """
-    started: list[Harness] = []
-    names: list[str] = []
-
-    async def start(*instances: dict[str, Any], **overrides: Any) -> Harness:
-        names.extend(i["name"] for i in instances)
-        config: dict[str, Any] = {
-            "data_dir": str(tmp_path / "data"),
-            "reconnect_initial_seconds": 0.1,
-            "reconnect_max_seconds": 1.0,
-            "instances": [*gateway_config()["instances"], *instances],
-            **overrides,
-        }
-        gateway = build_gateway(from_mapping(gateway_config(**config), env={}))
-        await gateway.start()
-        server = await start_server(gateway, "127.0.0.1:0")
-        channel = aio.insecure_channel(f"127.0.0.1:{server.port}")
-        harness = Harness(gateway, server, channel, pb_grpc.PrivacyServiceStub(channel))
-        started.append(harness)
-        return harness
-
-    yield start
-    for harness in started:
-        await harness.channel.close()
-        await harness.server.stop(None)
-        await _close_for_teardown(harness.gateway)
-    # Not an assertion either: a connection thread still reports to this loop when it ends.
-    for _ in range(150):
-        if not _connection_threads(*names):
-            break
-        await asyncio.sleep(0.02)
-
-
-async def _close_for_teardown(gateway: Gateway) -> None:
-    """Closes a gateway that a test may have closed (or failed to close) already.
-
-    Not an assertion: ``test_close_during_a_dial_returns_in_time`` and
-    ``test_close_stops_a_live_connection`` check how ``close`` behaves. Here a CancelledError
-    escaping ``close`` (see those tests) must not hide the test's own result.
-    """
-    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-        await asyncio.wait_for(gateway.close(), 10)
-    if gateway.blocking is not None:
-        gateway.blocking.shutdown()
-
-
-def _connection_threads(*instances: str) -> list[threading.Thread]:
-    """The live connection threads of these instances (``whatsapp-<instance>#<n>``, one per
-    ``Neonize`` call, ``link``)."""
-    prefixes = tuple(f"whatsapp-{name}#" for name in instances)
-    return [t for t in threading.enumerate() if t.name.startswith(prefixes)]
-
-
 def instance_stub(harness: Harness) -> ipb_grpc.InstanceServiceStub:
     return ipb_grpc.InstanceServiceStub(harness.channel)
 
@@ -231,10 +161,10 @@ def assert_not_connected(error: aio.AioRpcError) -> None:
 
 
 async def test_failed_dial_leaves_the_gateway_serving(
-    start_gateway: StartGateway, tmp_path: Path
+    start_offline_gateway: StartGateway, tmp_path: Path
 ) -> None:
     store = store_with_device(tmp_path / "stores" / "wa.db")
-    harness = await start_gateway(whatsapp_instance("wa", CLOSED_SOCKS, store))
+    harness = await start_offline_gateway(whatsapp_instance("wa", CLOSED_SOCKS, store))
 
     instance = await wait_for_state(harness, "wa", ipb.INSTANCE_STATE_DISCONNECTED)
     assert instance.kind == ipb.SESSION_KIND_WHATSAPP
@@ -281,11 +211,11 @@ async def test_failed_dial_leaves_the_gateway_serving(
 
 
 async def test_an_unpaired_store_is_never_dialled(
-    start_gateway: StartGateway, tmp_path: Path
+    start_offline_gateway: StartGateway, tmp_path: Path
 ) -> None:
     """No device in the store: the instance waits for PairInstance, and nothing is dialled."""
     async with RecordingProxy("http") as proxy:
-        harness = await start_gateway(whatsapp_instance("wa-unpaired", proxy.url))
+        harness = await start_offline_gateway(whatsapp_instance("wa-unpaired", proxy.url))
         instance = await wait_for_state(harness, "wa-unpaired", ipb.INSTANCE_STATE_NOT_PAIRED)
         await asyncio.sleep(0.3)  # three backoffs of the fixture's 0.1 s
         assert proxy.dials == []
@@ -513,8 +443,8 @@ def test_settings_round_trip_through_neonizes_enum() -> None:
 # -- 4. pairing with no network ----------------------------------------------------------------
 
 
-async def test_pair_without_network_fails_fast(start_gateway: StartGateway) -> None:
-    harness = await start_gateway(whatsapp_instance("wa-pair", CLOSED_SOCKS))
+async def test_pair_without_network_fails_fast(start_offline_gateway: StartGateway) -> None:
+    harness = await start_offline_gateway(whatsapp_instance("wa-pair", CLOSED_SOCKS))
     # An unpaired store is not dialled until PairInstance asks.
     await wait_for_state(harness, "wa-pair", ipb.INSTANCE_STATE_NOT_PAIRED)
 
@@ -540,7 +470,7 @@ async def test_pair_without_network_fails_fast(start_gateway: StartGateway) -> N
 
 
 async def test_failed_pairing_returns_to_the_backoff(
-    start_gateway: StartGateway, tmp_path: Path
+    start_offline_gateway: StartGateway, tmp_path: Path
 ) -> None:
     """After PairInstance fails, nobody is pairing: no dial as PAIRING, none before the backoff.
 
@@ -550,7 +480,7 @@ async def test_failed_pairing_returns_to_the_backoff(
     """
     store = tmp_path / "stores" / "wa-backoff.db"
     async with RecordingProxy("http") as proxy:
-        harness = await start_gateway(
+        harness = await start_offline_gateway(
             whatsapp_instance("wa-backoff", proxy.url, store),
             reconnect_initial_seconds=30,
             reconnect_max_seconds=30,
@@ -585,11 +515,11 @@ async def test_failed_pairing_returns_to_the_backoff(
 
 
 async def test_http_proxy_gets_connect_to_whatsapp(
-    start_gateway: StartGateway, tmp_path: Path
+    start_offline_gateway: StartGateway, tmp_path: Path
 ) -> None:
     store = paired_store(tmp_path / "stores" / "wa-http.db")
     async with AnsweringProxy("http") as proxy:
-        harness = await start_gateway(whatsapp_instance("wa-http", proxy.url, store))
+        harness = await start_offline_gateway(whatsapp_instance("wa-http", proxy.url, store))
         probe, dial = (await proxy.wait_for_dials(2))[:2]
         instance = await wait_for_state(harness, "wa-http", ipb.INSTANCE_STATE_DISCONNECTED)
     # The gateway's probe first, then neonize's own (Go's net/http names itself).
@@ -604,11 +534,11 @@ async def test_http_proxy_gets_connect_to_whatsapp(
 
 
 async def test_socks5_proxy_gets_the_domain_name(
-    start_gateway: StartGateway, tmp_path: Path
+    start_offline_gateway: StartGateway, tmp_path: Path
 ) -> None:
     store = paired_store(tmp_path / "stores" / "wa-socks.db")
     async with AnsweringProxy("socks5") as proxy:
-        harness = await start_gateway(whatsapp_instance("wa-socks", proxy.url, store))
+        harness = await start_offline_gateway(whatsapp_instance("wa-socks", proxy.url, store))
         dials = (await proxy.wait_for_dials(2))[:2]
         instance = await wait_for_state(harness, "wa-socks", ipb.INSTANCE_STATE_DISCONNECTED)
     # The gateway's probe, then neonize's dial: both let the proxy resolve the name.
@@ -628,10 +558,10 @@ async def test_socks5_proxy_gets_the_domain_name(
 
 
 async def test_close_with_failing_dials_is_quick(
-    start_gateway: StartGateway, tmp_path: Path
+    start_offline_gateway: StartGateway, tmp_path: Path
 ) -> None:
     # A long backoff: close must cancel the wait for the next dial, not sit it out.
-    harness = await start_gateway(
+    harness = await start_offline_gateway(
         whatsapp_instance(
             "wa-close-socks", CLOSED_SOCKS, store_with_device(tmp_path / "s" / "socks.db")
         ),
@@ -660,14 +590,14 @@ async def test_close_with_failing_dials_is_quick(
 
 
 async def test_close_during_a_dial_returns_in_time(
-    start_gateway: StartGateway, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    start_offline_gateway: StartGateway, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A dial stuck on a proxy that never finishes must not hold shutdown (a dialing link is
     not stopped at all, ``link``; its thread is a daemon)."""
     monkeypatch.setattr(whatsapp_link, "STOP_TIMEOUT", 0.5)
     store = paired_store(tmp_path / "stores" / "wa-stuck.db")
     async with AnsweringProxy("http", hold=True) as proxy:
-        harness = await start_gateway(whatsapp_instance("wa-stuck", proxy.url, store))
+        harness = await start_offline_gateway(whatsapp_instance("wa-stuck", proxy.url, store))
         # The probe's CONNECT is answered; neonize's is answered and then held, mid-TLS.
         await proxy.wait_for_dials(2)
         stuck = _connection_threads("wa-stuck")
@@ -688,12 +618,12 @@ async def test_close_during_a_dial_returns_in_time(
 
 
 async def test_a_second_close_after_a_given_up_dial_returns(
-    start_gateway: StartGateway, tmp_path: Path
+    start_offline_gateway: StartGateway, tmp_path: Path
 ) -> None:
     """close() gives a dialing link up; once its dial has failed, closing again is a no-op."""
     store = paired_store(tmp_path / "stores" / "wa-twice.db")
     async with AnsweringProxy("http", hold=True) as proxy:
-        harness = await start_gateway(whatsapp_instance("wa-twice", proxy.url, store))
+        harness = await start_offline_gateway(whatsapp_instance("wa-twice", proxy.url, store))
         await proxy.wait_for_dials(2)
         stuck = _connection_threads("wa-twice")
         assert len(stuck) == 1
