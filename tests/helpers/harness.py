@@ -98,9 +98,6 @@ class Harness:
 GatewayFactory = Callable[..., Any]
 
 
-GatewayFactory = Callable[..., Any]
-
-
 def visibility(**values: int) -> spb.PrivacySettings:
     """A request setting visibility fields: ``visibility(last_seen=spb.VISIBILITY_VALUE_NONE)``."""
     return spb.PrivacySettings(visibility=spb.Visibility(**values))
