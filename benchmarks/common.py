@@ -23,7 +23,7 @@ from typing import Any
 from service.auth import hash_token
 from service.sessions.simulated import DEFAULT_SETTINGS
 from service.settings import Field
-from tests.updates import EVERY_FIELD_CHANGED
+from tests.helpers.updates import EVERY_FIELD_CHANGED
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "benchmark-account-token"

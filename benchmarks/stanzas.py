@@ -31,7 +31,7 @@ from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from service.sessions.simulated import SimulatedSession
 from service.settings import Field, Settings
-from tests.seed import EXAMPLES, settings_from_body
+from tests.helpers.seed import EXAMPLES, settings_from_body
 
 SECTION = "2 stanzas"
 

@@ -1,0 +1,1 @@
+"""The benchmark suite, run end to end at its smoke size."""

@@ -1,0 +1,1 @@
+"""The ``privacy-gateway`` command as real processes, and the configuration it loads."""

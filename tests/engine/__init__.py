@@ -1,0 +1,1 @@
+"""The engine's sequencing rules and the field table, without a server."""

@@ -1,0 +1,42 @@
+"""The journal area's fixtures: a journal of its own, and ``privacy-gateway serve`` processes on a
+shared ``data_dir``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from service.journal import Journal
+from tests.helpers.journal_restart import StartGateway
+from tests.helpers.processes import GatewayProcess, started_gateways, stripped_env
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
+    opened = Journal(tmp_path / "journal.db")
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+def gateway_processes(tmp_path: Path) -> Iterator[StartGateway]:
+    """Starts ``privacy-gateway serve --config F`` and returns once it printed its address.
+
+    No ``PRIVACY_GATEWAY_*`` variable reaches the gateway: ``PRIVACY_GATEWAY_DATA_DIR`` would
+    override the config's ``data_dir``, and both processes of a test must share that journal.
+    """
+    with started_gateways(tmp_path) as start:
+
+        def start_with_config(config: Path) -> GatewayProcess:
+            return start("--config", str(config), env=stripped_env())
+
+        yield start_with_config
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
