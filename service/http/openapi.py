@@ -95,6 +95,10 @@ _ERROR = {
         },
         "settings": {"$ref": "#/components/schemas/Settings"},
         "fields": {"type": "array", "items": {"$ref": "#/components/schemas/FieldOutcome"}},
+        "operationId": {
+            "type": "string",
+            "description": "A failed update's operation (look it up under /operations).",
+        },
     },
 }
 

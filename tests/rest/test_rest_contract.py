@@ -328,6 +328,19 @@ async def test_fully_restrictive_with_profile_refused(rest: Rest) -> None:
     assert session.server_settings == settings_from_body(expected)
 
 
+async def test_a_failed_update_names_its_operation_which_the_journal_holds(rest: Rest) -> None:
+    rest.harness.session("sales").fail_field(Field.PROFILE, "internal-server-error 500")
+
+    reply = await rest.post("sales", EXAMPLES["fully restrictive"])
+    operation_id = reply.body["operationId"]
+    journaled = await rest.get("sales", tail=f"/operations/{operation_id}")
+
+    assert reply.status == 500
+    assert journaled.body["operation"]["state"] == "FAILED"
+    assert journaled.body["operation"]["error"] == reply.body["error"]
+    assert journaled.body["operation"]["settings"] == reply.body["settings"]
+
+
 # -- REST and gRPC on one instance -----------------------------------------------------------
 
 
