@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from service import journal as journal_module
 from service.journal import Journal, OperationRow, OutcomeRow
+from service.journal import store as journal_module
 
 TIMEOUT = 10
 

@@ -18,7 +18,7 @@ from service.gateway import Gateway
 from service.grpc import convert
 from service.grpc.interceptors import current_principal
 from service.instances import Instance
-from service.operation import Operation, UpdateRequest, caller_left
+from service.operations import Operation, UpdateRequest, caller_left
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from service.sessions.base import SettingsChange

@@ -28,7 +28,7 @@ from service.http.openapi import openapi_document
 from service.http.responses import NDJSON
 from service.instances import Instance
 from service.listen import host_and_port, listen_error
-from service.operation import UpdateRequest
+from service.operations import UpdateRequest
 
 log = logging.getLogger(__name__)
 

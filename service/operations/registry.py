@@ -33,7 +33,7 @@ from service.engine import (
 from service.errors import Code, GatewayError
 from service.instances import Instance
 from service.journal import COMPLETED, FAILED, RUNNING, Journal, OperationRow, OutcomeRow
-from service.operation import Operation, UpdateRequest, replayed
+from service.operations.operation import Operation, UpdateRequest, replayed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

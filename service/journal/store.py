@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.journal_commit import Queued, Rows, Settled, WriterThread, commit_group
+from service.journal.commit import Queued, Rows, Settled, WriterThread, commit_group
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS operations (
