@@ -12,24 +12,27 @@ from pathlib import Path
 
 import pytest
 
-from service.journal import Journal, OperationRow, OutcomeRow
-from service.journal import store as journal_module
+from service.engine import FailurePolicy, FieldEvent, FieldState
+from service.journal import Journal
+from service.journal import policy as journal_module
+from service.operations import OperationRecord, OperationState
+from service.settings import Field, Settings
 
 TIMEOUT = 10
 
 
-def _operation(operation_id: str) -> OperationRow:
-    return OperationRow(
+def _operation(operation_id: str) -> OperationRecord:
+    return OperationRecord(
         id=operation_id,
         instance="sales",
         requested_by="account acme",
         request_id=None,
         body_hash="0" * 64,
-        requested={"last_seen": "none"},
-        policy="STOP",
+        requested={Field.LAST_SEEN: "none"},
+        policy=FailurePolicy.STOP,
         validate_only=False,
         force=False,
-        state="RUNNING",
+        state=OperationState.RUNNING,
         started_at=time.time(),
     )
 
@@ -75,19 +78,21 @@ async def test_under_load_every_write_is_committed_and_settled_in_order(
     await journal.begin(_operation("op-1"))
     writes = []
     for position in range(200):
-        outcome = OutcomeRow(position, "last_seen", "APPLIED", "none", "all", 0.01)
-        write = journal.record("op-1", outcome)
+        outcome = FieldEvent(Field.LAST_SEEN, FieldState.APPLIED, "none", "all", position)
+        write = journal.record("op-1", position, outcome)
         write.add_done_callback(lambda _, position=position: settled.append(position))
         writes.append(write)
         if position % 20 == 0:
             await asyncio.sleep(0)  # some groups on the loop, the rest on the writer thread
     await asyncio.wait_for(asyncio.gather(*writes), TIMEOUT)
-    await journal.finish("op-1", "COMPLETED", {"last_seen": "none"}, None)
+    await journal.finish(
+        "op-1", OperationState.COMPLETED, Settings({Field.LAST_SEEN: "none"}), None
+    )
 
     row = await asyncio.to_thread(journal.get, "sales", "op-1")
     assert row is not None
-    assert row.state == "COMPLETED"
-    assert [o.position for o in row.outcomes] == list(range(200))
+    assert row.state is OperationState.COMPLETED
+    assert [o.elapsed for o in row.outcomes] == list(range(200))
     assert settled == list(range(200))
 
 
@@ -122,8 +127,11 @@ async def test_journal_fsync_flushes_every_commit_from_the_writer_thread(tmp_pat
         synchronous = journal._db.execute("PRAGMA synchronous").fetchone()[0]
         thread = await journal._submit(_committing_thread)
         await journal.begin(_operation("op-1"))
-        await journal.record("op-1", OutcomeRow(0, "last_seen", "APPLIED", "none", "all", 0.01))
-        await journal.finish("op-1", "COMPLETED", {"last_seen": "none"}, None)
+        outcome = FieldEvent(Field.LAST_SEEN, FieldState.APPLIED, "none", "all", 0.01)
+        await journal.record("op-1", 0, outcome)
+        await journal.finish(
+            "op-1", OperationState.COMPLETED, Settings({Field.LAST_SEEN: "none"}), None
+        )
         row = await asyncio.to_thread(journal.get, "sales", "op-1")
     finally:
         await journal.close()
@@ -131,8 +139,8 @@ async def test_journal_fsync_flushes_every_commit_from_the_writer_thread(tmp_pat
     assert synchronous == 2, "FULL: each commit waits for the disk"
     assert thread == "journal-writer", "a commit that waits for the disk stays off the loop"
     assert row is not None
-    assert row.state == "COMPLETED"
-    assert [(o.field, o.state) for o in row.outcomes] == [("last_seen", "APPLIED")]
+    assert row.state is OperationState.COMPLETED
+    assert [(o.field, o.state) for o in row.outcomes] == [(Field.LAST_SEEN, FieldState.APPLIED)]
 
 
 async def test_without_fsync_commits_survive_a_killed_process_not_a_power_loss(
