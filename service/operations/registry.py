@@ -1,4 +1,4 @@
-"""Updates as operations: journaled, detached from their caller, safe to retry.
+"""``Operations``: starts updates as operations, journals them, finds and lists them.
 
 An update runs in a task of its own, not in the caller's: a caller who disconnects or whose
 deadline passes stops further stanzas (the engine is told to halt), but the stanza in flight
