@@ -13,6 +13,7 @@ import grpc
 import segno
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service.engine import FieldState
 from service.grpc import convert
 from service.proto.wagateway.privacy.v1 import instance_service_pb2 as instance_pb
 from service.proto.wagateway.privacy.v1 import instance_service_pb2_grpc as instance_grpc
@@ -21,15 +22,15 @@ from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_gr
 from service.settings import FIELDS, Settings
 
 _STATE_WORDS = {
-    "STARTED": "sending",
-    "APPLIED": "applied",
-    "UNCHANGED": "unchanged (already set, no stanza)",
-    "FAILED": "FAILED",
-    "NOT_ATTEMPTED": "not attempted",
-    "RESTORE_STARTED": "restoring",
-    "RESTORED": "restored",
-    "RESTORE_FAILED": "RESTORE FAILED",
-    "UNCONFIRMED": "UNCONFIRMED (sent, answer lost)",
+    FieldState.STARTED: "sending",
+    FieldState.APPLIED: "applied",
+    FieldState.UNCHANGED: "unchanged (already set, no stanza)",
+    FieldState.FAILED: "FAILED",
+    FieldState.NOT_ATTEMPTED: "not attempted",
+    FieldState.RESTORE_STARTED: "restoring",
+    FieldState.RESTORED: "restored",
+    FieldState.RESTORE_FAILED: "RESTORE FAILED",
+    FieldState.UNCONFIRMED: "UNCONFIRMED (sent, answer lost)",
 }
 
 
@@ -98,12 +99,12 @@ def _print_event(message: pb.StreamUpdatePrivacySettingsResponse) -> None:
     elif kind == "field":
         update = message.field
         field = convert.field_from_proto(update.field)
-        state = convert.state_from_proto(update.state).name
+        state = convert.state_from_proto(update.state)
         line = f"{field.value:<14} {_STATE_WORDS[state]}"
-        if state in {"APPLIED", "FAILED"}:
+        if state in {FieldState.APPLIED, FieldState.FAILED}:
             line += f" {convert.value_from_proto(field, update.value)}"
             line += f" ({update.elapsed.ToMilliseconds()} ms)"
-        if update.error and state != "NOT_ATTEMPTED":
+        if update.error and state is not FieldState.NOT_ATTEMPTED:
             line += f": {update.error}"
         print(line, flush=True)
     elif kind == "snapshot":

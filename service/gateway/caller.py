@@ -20,8 +20,7 @@ from service.gateway import rules
 from service.gateway.rules import WireNames
 from service.gateway.updates import UpdateHandle, UpdateInput
 from service.instances import Instance
-from service.journal import OperationRow
-from service.operation import UpdateRequest
+from service.operations import OperationRecord, UpdateRequest
 from service.sessions.base import Pairable, PairEvent, SettingsChange
 from service.settings import Settings
 
@@ -33,7 +32,7 @@ if TYPE_CHECKING:
 class Page:
     """One page of an instance's operations, newest first."""
 
-    operations: list[OperationRow]
+    operations: list[OperationRecord]
     next_page_token: str
 
 
@@ -108,7 +107,7 @@ class Caller:
 
     # -- operations ----------------------------------------------------------------------------
 
-    async def operation(self, name: str, operation_id: str) -> OperationRow:
+    async def operation(self, name: str, operation_id: str) -> OperationRecord:
         return await self._gateway.operations.get(self.instance(name), operation_id)
 
     async def operations(self, name: str, page_size: int | str | None, page_token: str) -> Page:

@@ -15,7 +15,7 @@ from types import TracebackType
 
 from service.engine import Event, Plan, Snapshot
 from service.errors import UpdateFailed
-from service.operation import Operation, caller_left
+from service.operations import Operation, caller_left
 from service.settings import Field
 
 

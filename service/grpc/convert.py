@@ -17,7 +17,7 @@ from service import errors
 from service.engine import Event, FieldEvent, FieldState, Plan, Snapshot
 from service.errors import Violation
 from service.instances import Instance
-from service.journal import OperationRow
+from service.operations.record import OperationRecord, OperationState
 from service.proto.wagateway.privacy.v1 import instance_service_pb2 as instance_pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import settings_pb2 as settings_pb
@@ -242,40 +242,30 @@ assert {s.name for s in ChangeSource} <= {
 }
 
 
-_OPERATION_STATES = {
-    name: pb.OperationState.Value(f"OPERATION_STATE_{name}")
-    for name in ("RUNNING", "COMPLETED", "FAILED", "CANCELLED", "DEADLINE_EXCEEDED", "INTERRUPTED")
+_OPERATION_STATES: Mapping[OperationState, pb.OperationState.ValueType] = {
+    s: pb.OperationState.Value(f"OPERATION_STATE_{s.name}") for s in OperationState
 }
 
 
-def operation_to_proto(row: OperationRow) -> pb.UpdateOperation:
+def operation_to_proto(record: OperationRecord) -> pb.UpdateOperation:
     """A journaled operation as the wire contract shows it."""
-    requested = Settings({Field(k): v for k, v in row.requested.items()})
+    error = record.error
     message = pb.UpdateOperation(
-        id=row.id,
-        instance=row.instance,
-        requested_by=row.requested_by,
-        request_id=row.request_id or "",
-        requested=settings_to_proto(requested),
-        failure_policy=pb.FailurePolicy.Value(f"FAILURE_POLICY_{row.policy}"),
-        force=row.force,
-        state=_OPERATION_STATES[row.state],
-        fields=[
-            field_update(
-                FieldEvent(
-                    Field(o.field), FieldState[o.state], o.value, o.previous, o.elapsed, o.error
-                )
-            )
-            for o in row.outcomes
-        ],
-        error_reason=row.error_reason or "",
-        error_message=row.error_message or "",
+        id=record.id,
+        instance=record.instance,
+        requested_by=record.requested_by,
+        request_id=record.request_id or "",
+        requested=settings_to_proto(Settings(record.requested)),
+        failure_policy=pb.FailurePolicy.Value(f"FAILURE_POLICY_{record.policy.name}"),
+        force=record.force,
+        state=_OPERATION_STATES[record.state],
+        fields=[field_update(o) for o in record.outcomes],
+        error_reason=error.reason if error is not None else "",
+        error_message=error.message if error is not None else "",
     )
-    if row.settings:
-        message.settings.CopyFrom(
-            settings_to_proto(Settings({Field(k): v for k, v in row.settings.items()}))
-        )
-    message.start_time.FromNanoseconds(round(row.started_at * 1e9))
-    if row.ended_at is not None:
-        message.end_time.FromNanoseconds(round(row.ended_at * 1e9))
+    if record.settings:
+        message.settings.CopyFrom(settings_to_proto(record.settings))
+    message.start_time.FromNanoseconds(round(record.started_at * 1e9))
+    if record.ended_at is not None:
+        message.end_time.FromNanoseconds(round(record.ended_at * 1e9))
     return message

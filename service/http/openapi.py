@@ -10,9 +10,14 @@ from functools import cache
 from typing import Any
 
 from service import errors
+from service.engine import FINAL_STATES, FieldState
 from service.http.body import MAX_BODY_BYTES
 from service.http.responses import NDJSON, UPDATED_MESSAGE
+from service.operations import OperationState
 from service.settings import FIELDS, SECTIONS
+
+#: The states a field can end an update in, in the order the engine declares them.
+FINAL_STATES_IN_ORDER = [s for s in FieldState if s in FINAL_STATES]
 
 #: The reasons a REST caller can meet: the catalogue's, and only those.
 REST_REASONS = [r for r in errors.CATALOGUE.values() if r.edges & errors.Edge.REST]
@@ -56,15 +61,7 @@ _FIELD_OUTCOME = {
         "field": {"type": "string", "enum": [s.rest_path for s in FIELDS]},
         "state": {
             "type": "string",
-            "enum": [
-                "APPLIED",
-                "UNCHANGED",
-                "FAILED",
-                "NOT_ATTEMPTED",
-                "RESTORED",
-                "RESTORE_FAILED",
-                "UNCONFIRMED",
-            ],
+            "enum": [s.name for s in FINAL_STATES_IN_ORDER],
         },
         "value": {"type": "string"},
         "previous": {
@@ -166,9 +163,7 @@ _OPERATION = {
         "force": {"type": "boolean"},
         "state": {
             "type": "string",
-            "enum": [
-                "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "DEADLINE_EXCEEDED", "INTERRUPTED",
-            ],
+            "enum": [s.value for s in OperationState],
         },
         "fields": {"type": "array", "items": {"type": "object"}},
         "settings": {"$ref": "#/components/schemas/Settings"},

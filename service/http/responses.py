@@ -13,8 +13,8 @@ from service import errors
 from service.engine import Event, FieldEvent, Plan, Snapshot
 from service.errors import GatewayError, UpdateFailed
 from service.http.body import settings_json
-from service.journal import OperationRow
-from service.settings import FIELDS, Field, Settings
+from service.operations.record import OperationRecord
+from service.settings import Settings
 
 UPDATED_MESSAGE = "Privacy settings updated successfully"
 NDJSON = "application/x-ndjson"
@@ -96,35 +96,25 @@ def event_json(event: Event, operation_id: str = "") -> dict[str, Any]:
     return {"event": "snapshot", "settings": settings_json(event.settings)}
 
 
-def operation_json(row: OperationRow) -> dict[str, Any]:
+def operation_json(record: OperationRecord) -> dict[str, Any]:
     """A journaled operation, named as the REST surface names things."""
-    specs = {spec.field.value: spec for spec in FIELDS}
     out: dict[str, Any] = {
-        "id": row.id,
-        "instance": row.instance,
-        "requestedBy": row.requested_by,
-        "requestId": row.request_id or "",
-        "requested": {specs[k].rest_path: v for k, v in row.requested.items()},
-        "failurePolicy": row.policy,
-        "force": row.force,
-        "state": row.state,
-        "fields": [
-            {
-                "field": specs[o.field].rest_path,
-                "state": o.state,
-                "value": o.value,
-                "previous": o.previous,
-                **({"elapsedMs": round(o.elapsed * 1000, 3)} if o.elapsed is not None else {}),
-                **({"error": o.error} if o.error else {}),
-            }
-            for o in row.outcomes
-        ],
-        "startTime": row.started_at,
+        "id": record.id,
+        "instance": record.instance,
+        "requestedBy": record.requested_by,
+        "requestId": record.request_id or "",
+        "requested": {f.spec.rest_path: v for f, v in record.requested.items()},
+        "failurePolicy": record.policy.name,
+        "force": record.force,
+        "state": record.state.value,
+        "fields": [field_json(o) for o in record.outcomes],
+        "startTime": record.started_at,
     }
-    if row.settings:
-        out["settings"] = settings_json(Settings({Field(k): v for k, v in row.settings.items()}))
-    if row.ended_at is not None:
-        out["endTime"] = row.ended_at
-    if row.error_message:
-        out["error"] = {"message": row.error_message, "reason": row.error_reason or ""}
+    if record.settings:
+        out["settings"] = settings_json(record.settings)
+    if record.ended_at is not None:
+        out["endTime"] = record.ended_at
+    error = record.error
+    if error is not None and error.message:
+        out["error"] = {"message": error.message, "reason": error.reason}
     return out

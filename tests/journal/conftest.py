@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from service.journal import Journal
+from service.journal.policy import CommitPolicy
+from tests.helpers.clock import FakeClock
 from tests.helpers.journal_restart import StartGateway
 from tests.helpers.processes import GatewayProcess, started_gateways, stripped_env
 
@@ -16,6 +18,16 @@ from tests.helpers.processes import GatewayProcess, started_gateways, stripped_e
 @pytest.fixture
 async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
     opened = Journal(tmp_path / "journal.db")
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+async def loaded(tmp_path: Path) -> AsyncIterator[Journal]:
+    """A journal whose every commit comes at the same instant: the third is sustained load."""
+    opened = Journal(tmp_path / "journal.db", clock=lambda: 0.0)
     try:
         yield opened
     finally:
@@ -40,3 +52,13 @@ def gateway_processes(tmp_path: Path) -> Iterator[StartGateway]:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def policy(clock: FakeClock) -> CommitPolicy:
+    return CommitPolicy(clock=clock)

@@ -1,8 +1,9 @@
 """How the journal commits a group of writes: one transaction, on whichever thread runs it.
 
-The common writes are plain rows (``Rows``) for statements SQLite keeps prepared, rather than
-closures; the rare ones (marking interrupted operations, purging) are callables that may return
-a row count. ``WriterThread`` commits groups off the event loop when ``Journal`` sends them there.
+The common writes are plain rows (``Rows``) for statements SQLite keeps prepared (it caches
+them by their text), rather than closures; the rare ones (marking interrupted operations,
+purging) are callables that may return a row count. ``WriterThread`` commits groups off the
+event loop when ``Journal`` sends them there.
 """
 
 from __future__ import annotations
@@ -20,22 +21,11 @@ Settled = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 @dataclass(frozen=True, slots=True)
 class Rows:
-    """One row for one of the journal's statements (``STATEMENTS[kind]``)."""
+    """One row written with one of the journal's statements (``service.journal.schema``)."""
 
-    kind: str
+    statement: str
     params: tuple[Any, ...]
 
-
-#: The statement each kind of row is written with (SQLite caches it prepared).
-STATEMENTS: dict[str, str] = {
-    "begin": "INSERT INTO operations (id, instance, requested_by, request_id, body_hash,"
-    " requested, policy, validate_only, force, state, started_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    "record": "INSERT OR REPLACE INTO outcomes (operation_id, position, field, state, value,"
-    " previous, elapsed, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    "finish": "UPDATE operations SET state = ?, ended_at = ?, settings = ?, error_code = ?,"
-    " error_reason = ?, error_message = ?, error_metadata = ? WHERE id = ?",
-}
 
 Write = Rows | Callable[[sqlite3.Connection], Any]
 Queued = tuple[Write, "asyncio.Future[Any]"]
@@ -69,7 +59,7 @@ def _each(db: sqlite3.Connection, batch: Sequence[Queued]) -> list[Settled]:
 
 def _run(db: sqlite3.Connection, work: Write) -> Any:
     if isinstance(work, Rows):
-        db.execute(STATEMENTS[work.kind], work.params)
+        db.execute(work.statement, work.params)
         return None
     return work(db)
 

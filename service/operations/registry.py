@@ -1,4 +1,4 @@
-"""Updates as operations: journaled, detached from their caller, safe to retry.
+"""``Operations``: starts updates as operations, journals them, finds and lists them.
 
 An update runs in a task of its own, not in the caller's: a caller who disconnects or whose
 deadline passes stops further stanzas (the engine is told to halt), but the stanza in flight
@@ -15,32 +15,30 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from service import engine, errors
-from service.engine import (
-    FINAL_STATES,
-    SHUTTING_DOWN,
-    Event,
-    FieldEvent,
-    Plan,
-    Snapshot,
-)
-from service.errors import Code, GatewayError, shown
+from service.engine import SHUTTING_DOWN, Plan
+from service.errors import GatewayError, shown
 from service.instances import Instance
-from service.journal import COMPLETED, FAILED, RUNNING, Journal, OperationRow, OutcomeRow
-from service.operation import Operation, UpdateRequest, replayed
+
+# The journal's module rather than its names: the journal decodes rows into this package's
+# records, so whichever of the two packages is imported first finds the other part-way through.
+from service.journal import store as journal_store
+from service.operations.journaling import OperationJournal
+from service.operations.operation import Operation, UpdateRequest
+from service.operations.record import OperationError, OperationRecord, OperationState
+from service.operations.replay import replayed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: How often the journal's write-ahead log is copied into its database.
 CHECKPOINT_SECONDS = 1.0
-_END_STATES = {Code.CANCELLED: "CANCELLED", Code.DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED"}
 
 
 class Operations:
@@ -51,7 +49,7 @@ class Operations:
     ) -> None:
         self._journal_path = journal_path
         self._fsync = fsync
-        self._journal: Journal | None = None
+        self._journal: journal_store.Journal | None = None
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="journal-reader")
         self._retention = retention_seconds
         self._running: dict[tuple[str, str], Operation] = {}
@@ -66,7 +64,7 @@ class Operations:
     async def start_up(self) -> None:
         """Opens the journal, marks what a killed predecessor left RUNNING as INTERRUPTED, and
         starts purging what is past retention."""
-        open_journal = partial(Journal, self._journal_path, fsync=self._fsync)
+        open_journal = partial(journal_store.Journal, self._journal_path, fsync=self._fsync)
         self._journal = await self._off_loop(open_journal)
         self._journal.on_commit = self._journal_committed
         interrupted = await self._journal.mark_interrupted()
@@ -131,16 +129,16 @@ class Operations:
         if running is not None:
             _same_request(running.request, request)
             return running
-        row = await self._read(self.journal.find_request, instance.name, request.request_id)
-        if row is None:
+        record = await self._read(self.journal.find_request, instance.name, request.request_id)
+        if record is None:
             return None
-        if row.body_hash != request.fingerprint():
+        if record.body_hash != request.fingerprint():
             raise _reused(request.request_id)
-        return replayed(instance, row)
+        return replayed(instance, record)
 
     async def _run(self, operation: Operation, deadline: float | None) -> None:
         request = operation.request
-        journal = _OperationJournal(self.journal, operation)
+        journal = OperationJournal(self.journal, operation)
         try:
             events = engine.update(
                 operation.instance,
@@ -167,9 +165,9 @@ class Operations:
             log.exception("update %s failed unexpectedly", operation.id)
             crash = errors.INTERNAL.error(detail=exc)
             if journal.begun:
-                ending = (crash.code.value, crash.reason, crash.message)
+                ending = OperationError(crash.code, crash.reason, crash.message)
                 with contextlib.suppress(Exception):
-                    await self.journal.finish(operation.id, FAILED, None, ending)
+                    await self.journal.finish(operation.id, OperationState.FAILED, None, ending)
             operation.end(crash)
         finally:
             self._running.pop((operation.instance.name, operation.id), None)
@@ -185,17 +183,17 @@ class Operations:
 
     # -- reading the journal -------------------------------------------------------------------
 
-    async def get(self, instance: Instance, operation_id: str) -> OperationRow:
-        row = await self._read(self.journal.get, instance.name, operation_id)
-        if row is None:
+    async def get(self, instance: Instance, operation_id: str) -> OperationRecord:
+        record = await self._read(self.journal.get, instance.name, operation_id)
+        if record is None:
             raise errors.OPERATION_NOT_FOUND.error(
                 instance=instance.name, operation_id=shown(operation_id)
             )
-        return row
+        return record
 
     async def list(
         self, instance: Instance, page_size: int, page_token: str
-    ) -> tuple[list[OperationRow], str]:
+    ) -> tuple[list[OperationRecord], str]:
         try:
             return await self._read(self.journal.list, instance.name, page_size, page_token)
         except ValueError as exc:
@@ -204,7 +202,7 @@ class Operations:
     # -- internals -----------------------------------------------------------------------------
 
     @property
-    def journal(self) -> Journal:
+    def journal(self) -> journal_store.Journal:
         if self._journal is None:
             raise RuntimeError("the operation journal is not open: call start_up() first")
         return self._journal
@@ -227,48 +225,6 @@ class Operations:
         while True:
             await asyncio.sleep(CHECKPOINT_SECONDS)
             await self._off_loop(self.journal.checkpoint)
-
-
-class _OperationJournal:
-    """What one operation's events write to the journal, and the writes still in flight."""
-
-    def __init__(self, journal: Journal, operation: Operation) -> None:
-        self._journal = journal
-        self._operation = operation
-        self._outcomes = 0
-        self._pending: list[asyncio.Future[None]] = []
-        self.begun = False
-
-    def write(self, event: Event) -> asyncio.Future[None] | None:
-        """Queues the write ``event`` calls for, if any; its future resolves once on disk."""
-        operation = self._operation
-        if operation.request.options.validate_only:
-            return None
-        if isinstance(event, Plan):
-            self.begun = True
-            return self._track(self._journal.begin(_row(operation)))
-        if isinstance(event, FieldEvent) and event.state in FINAL_STATES:
-            self._outcomes += 1
-            outcome = _outcome(self._outcomes - 1, event)
-            return self._track(self._journal.record(operation.id, outcome))
-        if isinstance(event, Snapshot):
-            return self._track(self._journal.finish(operation.id, *_ending(event)))
-        return None
-
-    async def flushed(self) -> None:
-        """Returns once every write is on disk; raises the first that failed."""
-        if self._pending:
-            # Groups commit in the order writes were queued: the last one done means all are.
-            with contextlib.suppress(Exception):
-                await self._pending[-1]
-        failures = [write.exception() for write in self._pending]
-        first = next((failure for failure in failures if failure is not None), None)
-        if first is not None:
-            raise first
-
-    def _track(self, write: asyncio.Future[None]) -> asyncio.Future[None]:
-        self._pending.append(write)
-        return write
 
 
 class _RandomIds:
@@ -298,38 +254,3 @@ def _same_request(known: UpdateRequest, request: UpdateRequest) -> None:
 
 def _reused(request_id: str) -> GatewayError:
     return errors.REQUEST_ID_REUSED.error(request_id=request_id)
-
-
-def _row(operation: Operation) -> OperationRow:
-    request = operation.request
-    return OperationRow(
-        id=operation.id,
-        instance=operation.instance.name,
-        requested_by=request.requested_by,
-        request_id=request.request_id,
-        body_hash=request.fingerprint(),
-        requested={f.value: v for f, v in request.requested.items()},
-        policy=request.options.policy.name,
-        validate_only=request.options.validate_only,
-        force=request.options.force,
-        state=RUNNING,
-        started_at=time.time(),
-    )
-
-
-def _outcome(position: int, event: FieldEvent) -> OutcomeRow:
-    return OutcomeRow(
-        position, event.field.value, event.state.name, event.value, event.previous,
-        event.elapsed, event.error,
-    )  # fmt: skip
-
-
-def _ending(
-    snapshot: Snapshot,
-) -> tuple[str, Mapping[str, str], tuple[str, str, str] | None, Mapping[str, str] | None]:
-    settings = {f.value: v for f, v in snapshot.settings.items()}
-    error = snapshot.error
-    if error is None:
-        return COMPLETED, settings, None, None
-    state = _END_STATES.get(error.code, FAILED)
-    return state, settings, (error.code.value, error.reason, error.message), error.metadata

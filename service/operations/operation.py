@@ -1,14 +1,16 @@
 """One update as an operation: its events, released to its callers as the journal records them.
 
-``service.operations`` starts, runs and journals operations; this is what a caller follows. An
-event the journal must record is shown only once its write is on disk, so whatever a caller saw
-survives the gateway being killed, and one that was not recorded never shows.
+``Operations`` (``service.operations.registry``) starts, runs and journals operations; this is
+what a caller follows. An event the journal must record is shown only once its write is on disk,
+so whatever a caller saw survives the gateway being killed, and one that was not recorded never
+shows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -19,19 +21,14 @@ from service.engine import (
     DEADLINE_PASSED,
     JOURNAL_FAILED,
     Event,
-    FailurePolicy,
-    FieldEvent,
-    FieldState,
     Halt,
     Plan,
-    PlanStep,
     Snapshot,
     UpdateOptions,
 )
-from service.errors import GatewayError, reason_named
+from service.errors import GatewayError
 from service.instances import Instance
-from service.journal import COMPLETED, OperationRow, as_json
-from service.settings import Field, Settings
+from service.settings import Field
 
 
 @dataclass(frozen=True)
@@ -51,7 +48,8 @@ class UpdateRequest:
             "force": self.options.force,
             "validate_only": self.options.validate_only,
         }
-        return hashlib.sha256(as_json(body).encode()).hexdigest()
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class Operation:
@@ -172,40 +170,3 @@ def caller_left(operation: Operation, deadline: float | None) -> None:
     if not operation.done:
         passed = deadline is not None and time.monotonic() >= deadline
         operation.halt(DEADLINE_PASSED if passed else CALLER_CANCELLED)
-
-
-def replayed(instance: Instance, row: OperationRow) -> Operation:
-    """A finished operation, from the journal, as the events its caller saw."""
-    request = UpdateRequest(
-        {Field(k): v for k, v in row.requested.items()},
-        UpdateOptions(FailurePolicy[row.policy], row.force, row.validate_only),
-        row.request_id,
-        row.requested_by,
-    )
-    operation = Operation(row.id, instance, request)
-    outcomes = [
-        FieldEvent(Field(o.field), FieldState[o.state], o.value, o.previous, o.elapsed, o.error)
-        for o in row.outcomes
-    ]
-    # A field's first outcome is its plan step (a restore, or the re-read that resolved an
-    # UNCONFIRMED stanza, is a second outcome of the same field).
-    firsts: dict[Field, FieldEvent] = {}
-    for o in outcomes:
-        if o.state not in _RESTORES:
-            firsts.setdefault(o.field, o)
-    steps = tuple(PlanStep(o.field, o.previous, o.value, row.force) for o in firsts.values())
-    operation.publish(Plan(steps))
-    for outcome in outcomes:
-        operation.publish(outcome)
-    settings = Settings({Field(k): v for k, v in (row.settings or {}).items()})
-    snapshot = Snapshot(settings, tuple(outcomes))
-    if row.state != COMPLETED:
-        reason = reason_named(row.error_reason or row.state)
-        failed = reason.recorded(row.error_message or row.state, row.error_metadata or {}, snapshot)
-        snapshot = Snapshot(settings, snapshot.outcomes, failed)
-    operation.publish(snapshot)
-    operation.end()
-    return operation
-
-
-_RESTORES = {FieldState.RESTORED, FieldState.RESTORE_FAILED}

@@ -6,10 +6,10 @@ on the next start it is marked INTERRUPTED, with the fields that were applied.
 
 SQLite in WAL mode: a commit is in the database's write-ahead log when it returns, so it
 survives the gateway being killed; with ``journal_fsync`` it is also flushed to the disk, which
-survives a power loss, at the cost of a disk flush per commit. Writes go
-through one thread, in order, committed in groups: however many updates run at once, each commit
-flushes everything that arrived while the previous one was flushing, and the whole group's
-waiters are woken with one hop back to their event loop rather than one per write.
+survives a power loss, at the cost of a disk flush per commit. Writes are committed in order, in
+groups: however many updates run at once, each commit flushes everything that arrived while the
+previous one was flushing, and the whole group's waiters are woken with one hop back to their
+event loop rather than one per write.
 """
 
 from __future__ import annotations
@@ -20,95 +20,24 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from service.journal_commit import Queued, Rows, Settled, WriterThread, commit_group
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS operations (
-    id            TEXT PRIMARY KEY,
-    instance      TEXT NOT NULL,
-    requested_by  TEXT NOT NULL,
-    request_id    TEXT,
-    body_hash     TEXT NOT NULL,
-    requested     TEXT NOT NULL,
-    policy        TEXT NOT NULL,
-    validate_only INTEGER NOT NULL,
-    force         INTEGER NOT NULL,
-    state         TEXT NOT NULL,
-    started_at    REAL NOT NULL,
-    ended_at      REAL,
-    settings      TEXT,
-    error_code    TEXT,
-    error_reason  TEXT,
-    error_message TEXT,
-    error_metadata TEXT
-);
-CREATE INDEX IF NOT EXISTS operations_by_instance ON operations (instance, started_at, id);
-CREATE UNIQUE INDEX IF NOT EXISTS operations_by_request
-    ON operations (instance, request_id) WHERE request_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS outcomes (
-    operation_id TEXT NOT NULL REFERENCES operations (id) ON DELETE CASCADE,
-    position     INTEGER NOT NULL,
-    field        TEXT NOT NULL,
-    state        TEXT NOT NULL,
-    value        TEXT NOT NULL,
-    previous     TEXT NOT NULL,
-    elapsed      REAL,
-    error        TEXT,
-    PRIMARY KEY (operation_id, position)
-);
-"""
+from service.engine import FieldEvent
+from service.journal import schema
+from service.journal.commit import Queued, Rows, Settled, WriterThread, commit_group
+from service.journal.policy import CommitPolicy
+from service.operations.record import (
+    INTERRUPTED_ERROR,
+    OperationError,
+    OperationRecord,
+    OperationState,
+)
+from service.settings import Settings
 
 T = TypeVar("T")
-RUNNING = "RUNNING"
-INTERRUPTED = "INTERRUPTED"
-COMPLETED = "COMPLETED"
-FAILED = "FAILED"
-
-
-@dataclass(frozen=True)
-class OutcomeRow:
-    position: int
-    field: str
-    state: str
-    value: str
-    previous: str
-    elapsed: float | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class OperationRow:
-    id: str
-    instance: str
-    requested_by: str
-    request_id: str | None
-    body_hash: str
-    requested: Mapping[str, str]
-    policy: str
-    validate_only: bool
-    force: bool
-    state: str
-    started_at: float
-    ended_at: float | None = None
-    settings: Mapping[str, str] | None = None
-    error_code: str | None = None
-    error_reason: str | None = None
-    error_message: str | None = None
-    error_metadata: Mapping[str, str] | None = None
-    outcomes: tuple[OutcomeRow, ...] = field(default=())
-
-
-#: Commits less than this apart, twice running, mean the loop is busy (see ``Journal``).
-BUSY_GAP_SECONDS = 0.001
-#: A commit on the loop slower than this means the GIL is contended; for the next
-#: ``SLOW_COMMIT_MEMORY_SECONDS``, groups go to the writer thread.
-SLOW_COMMIT_SECONDS = 0.0005
-SLOW_COMMIT_MEMORY_SECONDS = 1.0
+_SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 
 class Journal:
@@ -116,24 +45,19 @@ class Journal:
 
     Writes are queued and committed in groups, one transaction for everything that arrived
     meanwhile; each returns a future of the calling event loop that resolves once its commit is
-    durable. Where a group is committed depends on the load:
-
-    - Without ``fsync`` a commit is a write into the OS's cache (microseconds). While commits are
-      occasional, a group is committed on the event loop itself at the end of the loop turn that
-      queued it: no thread hop, so a lone update waits least.
-    - Under sustained load (two commits in a row less than ``BUSY_GAP_SECONDS`` apart), or once
-      two commits in a row on the loop took longer than ``SLOW_COMMIT_SECONDS``, groups go to a
-      writer thread. Every SQLite call lets go of the GIL, and with hundreds of stanza threads
-      waiting for it the loop gets it back late each time; on the writer thread, groups also
-      grow while the previous one commits.
-    - With ``fsync`` a commit waits for the disk, so every group goes to the writer thread.
+    durable. A group commits on the event loop while commits are occasional, and on a writer
+    thread under sustained load, when commits on the loop got slow, or with ``fsync``: the
+    ``CommitPolicy`` (``service.journal.policy``) decides, timing commits with ``clock``.
 
     Groups commit in order: once one is on the writer thread, later ones follow it there until
     it has caught up. Reads and checkpoints use a second connection on the caller's thread (WAL
-    lets it read while the writer writes), so no commit ever stalls on a checkpoint.
+    lets it read while the writer writes), so no commit ever stalls on a checkpoint. Reads
+    return ``OperationRecord``s, decoded once from the rows.
     """
 
-    def __init__(self, path: Path, *, fsync: bool = False) -> None:
+    def __init__(
+        self, path: Path, *, fsync: bool = False, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = _connect(path)
@@ -145,30 +69,19 @@ class Journal:
         # off the loop, so no commit ever stalls on one.
         self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
-        self._add_missing_columns()
+        #: SQLite's ``synchronous`` mode the commits run with: FULL with ``fsync``, else NORMAL.
+        self.synchronous = _SYNCHRONOUS[self._db.execute("PRAGMA synchronous").fetchone()[0]]
+        schema.create(self._db)
         self._reads = _connect(path)
         self._reads_lock = threading.Lock()
-        self._fsync = fsync
+        self._policy = CommitPolicy(fsync=fsync, clock=clock)
         self._queue: list[Queued] = []
         self._closed = False
         self._writer = WriterThread(self._commit, self._settle_from_writer)
-        #: Writes handed to the writer thread and not yet settled on the loop.
-        self._on_writer = 0
-        self._last_commit = float("-inf")
-        self._slow_until = float("-inf")
-        self._slow_streak = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._last_gap = float("inf")
         #: Called on the loop after each group's futures are resolved: one call per commit, so
         #: a reader of many writes' futures need not put a callback on each of them.
         self.on_commit: Callable[[], None] | None = None
-
-    def _add_missing_columns(self) -> None:
-        """Brings a journal written by an earlier version up to this schema."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(operations)")}
-        if "error_metadata" not in columns:
-            self._db.execute("ALTER TABLE operations ADD COLUMN error_metadata TEXT")
 
     async def close(self) -> None:
         """Commits what is queued, checkpoints, then closes."""
@@ -207,49 +120,35 @@ class Journal:
             self._loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = self._loop.create_future()
         self._queue.append((work, future))
-        if urgent and not self._fsync and not self._on_writer and not self._busy():
-            self._commit_queued()
+        if urgent and self._policy.on_loop():
+            self._commit_on_loop()
         elif len(self._queue) == 1:
             self._loop.call_soon(self._commit_queued)
         return future
 
-    def _busy(self) -> bool:
-        """Whether groups should go to the writer thread: two commits in a row less than
-        ``BUSY_GAP_SECONDS`` apart (sustained load), or a recent commit on the loop that took
-        longer than ``SLOW_COMMIT_SECONDS`` (the GIL is contended: each SQLite call waited)."""
-        now = time.monotonic()
-        if now < self._slow_until:
-            return True
-        return now - self._last_commit < BUSY_GAP_SECONDS and self._last_gap < BUSY_GAP_SECONDS
-
     def _commit_queued(self) -> None:
+        if not self._queue:
+            return
+        if self._policy.on_loop():
+            self._commit_on_loop()
+            return
         batch, self._queue = self._queue, []
-        if not batch:
-            return
-        if self._fsync or self._on_writer or self._busy():
-            self._on_writer += len(batch)
-            self._writer.submit(batch)
-            return
-        started = time.monotonic()
+        self._policy.sent_to_writer(len(batch))
+        self._writer.submit(batch)
+
+    def _commit_on_loop(self) -> None:
+        batch, self._queue = self._queue, []
+        started = self._policy.loop_commit_starts()
         results = self._commit(batch)
-        self._committed()
-        slow = self._last_commit - started > SLOW_COMMIT_SECONDS
-        self._slow_streak = self._slow_streak + 1 if slow else 0
-        if self._slow_streak >= 2:  # twice running: not a one-off stall
-            self._slow_until = self._last_commit + SLOW_COMMIT_MEMORY_SECONDS
+        self._policy.committed_on_loop(started)
         self._settle(results)
 
     def _commit(self, batch: list[Queued]) -> list[Settled]:
         return commit_group(self._db, batch)
 
     def _settle_from_writer(self, results: list[Settled]) -> None:
-        self._on_writer -= len(results)
-        self._committed()
+        self._policy.committed_on_writer(len(results))
         self._settle(results)
-
-    def _committed(self) -> None:
-        now = time.monotonic()
-        self._last_gap, self._last_commit = now - self._last_commit, now
 
     def _settle(self, results: list[Settled]) -> None:
         for future, result, error in results:
@@ -264,47 +163,55 @@ class Journal:
 
     # -- writes (each returns a future that resolves once the write is on disk) ---------------
 
-    def begin(self, row: OperationRow) -> asyncio.Future[None]:
+    def begin(self, record: OperationRecord) -> asyncio.Future[None]:
+        """A new operation (RUNNING, no outcomes yet); committed at once while the journal is
+        quiet, since no stanza goes out before it is on disk."""
         params = (
-            row.id, row.instance, row.requested_by, row.request_id, row.body_hash,
-            json.dumps(dict(row.requested)), row.policy, int(row.validate_only), int(row.force),
-            row.state, row.started_at,
+            record.id, record.instance, record.requested_by, record.request_id, record.body_hash,
+            schema.encode_values(record.requested), record.policy.name, int(record.validate_only),
+            int(record.force), record.state.value, record.started_at,
         )  # fmt: skip
-        return self._submit(Rows("begin", params), urgent=True)
+        return self._submit(Rows(schema.BEGIN, params), urgent=True)
 
-    def record(self, operation_id: str, outcome: OutcomeRow) -> asyncio.Future[None]:
+    def record(self, operation_id: str, position: int, outcome: FieldEvent) -> asyncio.Future[None]:
+        """The operation's outcome number ``position`` (from 0): a field's final event."""
         params = (
-            operation_id, outcome.position, outcome.field, outcome.state, outcome.value,
+            operation_id, position, outcome.field.value, outcome.state.name, outcome.value,
             outcome.previous, outcome.elapsed, outcome.error,
         )  # fmt: skip
-        return self._submit(Rows("record", params))
+        return self._submit(Rows(schema.RECORD, params))
 
     def finish(
         self,
         operation_id: str,
-        state: str,
-        settings: Mapping[str, str] | None,
-        error: tuple[str, str, str] | None,
-        error_metadata: Mapping[str, str] | None = None,
+        state: OperationState,
+        settings: Settings | None,
+        error: OperationError | None,
     ) -> asyncio.Future[None]:
-        code, reason, message = error or (None, None, None)
+        """How the operation ended, with the settings read back at the end if there are any."""
+        code, reason, message, metadata = (
+            (error.code.value, error.reason, error.message, error.metadata)
+            if error is not None
+            else (None, None, None, None)
+        )
         params = (
-            state, time.time(), json.dumps(dict(settings)) if settings else None, code, reason,
-            message, json.dumps(dict(error_metadata)) if error_metadata else None, operation_id,
+            state.value, time.time(), schema.encode_values(settings) if settings else None, code,
+            reason, message, json.dumps(dict(metadata)) if metadata else None, operation_id,
         )  # fmt: skip
-        return self._submit(Rows("finish", params))
+        return self._submit(Rows(schema.FINISH, params))
 
     def mark_interrupted(self) -> asyncio.Future[int]:
         """Operations a previous process left RUNNING (it died mid-update): INTERRUPTED."""
         ended = time.time()
+        error = INTERRUPTED_ERROR
 
         def write(db: sqlite3.Connection) -> int:
             cursor = db.execute(
                 "UPDATE operations SET state = ?, ended_at = ?, error_code = ?, error_reason = ?,"
                 " error_message = ? WHERE state = ?",
                 (
-                    INTERRUPTED, ended, "UNAVAILABLE", "INTERRUPTED",
-                    "the gateway stopped before the update finished", RUNNING,
+                    OperationState.INTERRUPTED.value, ended, error.code.value, error.reason,
+                    error.message, OperationState.RUNNING.value,
                 ),
             )  # fmt: skip
             return cursor.rowcount
@@ -316,7 +223,8 @@ class Journal:
 
         def write(db: sqlite3.Connection) -> int:
             cursor = db.execute(
-                "DELETE FROM operations WHERE state != ? AND ended_at < ?", (RUNNING, older_than)
+                "DELETE FROM operations WHERE state != ? AND ended_at < ?",
+                (OperationState.RUNNING.value, older_than),
             )
             return cursor.rowcount
 
@@ -324,14 +232,14 @@ class Journal:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def get(self, instance: str, operation_id: str) -> OperationRow | None:
+    def get(self, instance: str, operation_id: str) -> OperationRecord | None:
         with self._reads_lock:
             row = self._reads.execute(
                 "SELECT * FROM operations WHERE instance = ? AND id = ?", (instance, operation_id)
             ).fetchone()
             return self._with_outcomes(row) if row else None
 
-    def find_request(self, instance: str, request_id: str) -> OperationRow | None:
+    def find_request(self, instance: str, request_id: str) -> OperationRecord | None:
         with self._reads_lock:
             row = self._reads.execute(
                 "SELECT * FROM operations WHERE instance = ? AND request_id = ?",
@@ -341,7 +249,7 @@ class Journal:
 
     def list(
         self, instance: str, page_size: int, page_token: str = ""
-    ) -> tuple[list[OperationRow], str]:
+    ) -> tuple[list[OperationRecord], str]:
         """Newest first; returns the page and the token of the next one ("" at the end)."""
         before = decode_page_token(page_token) if page_token else (float("inf"), "")
         with self._reads_lock:
@@ -356,41 +264,11 @@ class Journal:
         token = encode_page_token(page[-1].started_at, page[-1].id) if more and page else ""
         return page, token
 
-    def _with_outcomes(self, row: sqlite3.Row) -> OperationRow:
+    def _with_outcomes(self, row: sqlite3.Row) -> OperationRecord:
         outcomes = self._reads.execute(
             "SELECT * FROM outcomes WHERE operation_id = ? ORDER BY position", (row["id"],)
         ).fetchall()
-        return OperationRow(
-            id=row["id"],
-            instance=row["instance"],
-            requested_by=row["requested_by"],
-            request_id=row["request_id"],
-            body_hash=row["body_hash"],
-            requested=json.loads(row["requested"]),
-            policy=row["policy"],
-            validate_only=bool(row["validate_only"]),
-            force=bool(row["force"]),
-            state=row["state"],
-            started_at=row["started_at"],
-            ended_at=row["ended_at"],
-            settings=json.loads(row["settings"]) if row["settings"] else None,
-            error_code=row["error_code"],
-            error_reason=row["error_reason"],
-            error_message=row["error_message"],
-            error_metadata=json.loads(row["error_metadata"]) if row["error_metadata"] else None,
-            outcomes=tuple(
-                OutcomeRow(
-                    o["position"],
-                    o["field"],
-                    o["state"],
-                    o["value"],
-                    o["previous"],
-                    o["elapsed"],
-                    o["error"],
-                )
-                for o in outcomes
-            ),
-        )
+        return schema.decode(row, outcomes)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -415,7 +293,3 @@ def decode_page_token(token: str) -> tuple[float, str]:
     if not isinstance(started_at, int | float) or not isinstance(operation_id, str):
         raise ValueError("invalid page_token")
     return float(started_at), operation_id
-
-
-def as_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
