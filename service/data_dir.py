@@ -66,3 +66,17 @@ def _holder(fd: int) -> str:
     """``pid 1234`` as the holder wrote it, or ``pid unknown`` until it has written it."""
     text = os.pread(fd, 32, 0).decode(errors="replace").strip()
     return f"pid {text}" if text.isdigit() else "pid unknown"
+
+
+class JournalError(Exception):
+    """The journal cannot be opened: what the operator must fix, in one line."""
+
+    def __init__(self, path: Path, cause: BaseException) -> None:
+        text = str(cause)
+        if "locked" in text or "busy" in text:
+            hint = "another process holds it: stop it, or give this gateway its own data_dir"
+        elif "not a database" in text or "malformed" in text:
+            hint = "it is not a journal this gateway can read: move it aside to start afresh"
+        else:
+            hint = "check the data_dir's permissions and free space"
+        super().__init__(f"journal {path}: {text} ({hint})")

@@ -402,9 +402,21 @@ SHUTTING_DOWN = _reason(
     "the gateway stopped before every field was sent",
 )  # fmt: skip
 JOURNAL_FAILED = _reason(
-    "JOURNAL_FAILED", _Bug, 500,
+    "JOURNAL_FAILED", _Off, 500,
     "the journal could not record the update before updating {field} privacy",
-    "the operation journal failed a write, so no further stanza was sent",
+    "the operation journal stayed unusable (a full disk, a lock held elsewhere): no further "
+    "stanza was sent; what was applied is in the details, and is journaled once it can be",
+)  # fmt: skip
+JOURNAL_BEHIND = _reason(
+    "JOURNAL_BEHIND", _Off, 500,
+    "the update was applied, but the journal could not record it yet: {detail}",
+    "every field was sent, but the journal could not record the outcome: it is journaled once "
+    "it can be",
+)  # fmt: skip
+JOURNAL_UNAVAILABLE = _reason(
+    "JOURNAL_UNAVAILABLE", _Off, 503, "The operation journal cannot record updates: {detail}",
+    "the journal cannot take writes (nothing was sent), or still owes an earlier update's "
+    "outcome for the instance (+ RetryInfo)",
 )  # fmt: skip
 INTERRUPTED = _reason(
     "INTERRUPTED", _Off, 500, "{detail}",

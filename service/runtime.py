@@ -1,8 +1,11 @@
 """Runs the gateway: gRPC and REST in one event loop, until SIGTERM or SIGINT.
 
-Shutdown drains rather than drops: health turns NOT_SERVING, watch streams end cleanly, both
-servers stop taking calls and give in-flight ones the grace period, and only then are the
-WhatsApp sessions disconnected.
+Start-up opens the journal before any port is bound, so a journal that cannot be used stops
+the gateway with one line and nothing listening. Shutdown drains rather than drops: health turns
+NOT_SERVING, watch streams end cleanly, both servers stop taking calls and give in-flight ones
+the grace period; an update still running shortly before the grace ends is halted as the
+gateway's own doing (SHUTTING_DOWN, journaled as such), so its caller still hears what was
+applied before the servers cut the call; only then are the WhatsApp sessions disconnected.
 """
 
 from __future__ import annotations
@@ -13,12 +16,18 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from service.engine import SHUTTING_DOWN
 from service.gateway import Gateway
 from service.grpc.server import RunningServer, bind_server
 from service.http.server import HttpServer
 
 log = logging.getLogger(__name__)
+
+#: How long before the grace period ends running updates are halted: the stanza in flight then
+#: has this long to finish, so that its caller hears the outcome before the call is cut.
+HALT_BEFORE_GRACE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -36,19 +45,25 @@ async def serve_until_signalled(
     grace: float,
     on_ready: Callable[[Endpoints], None] | None = None,
 ) -> None:
-    # gRPC serves only once REST is bound too, and the journal and the sessions start only after
-    # both: a port that is taken (ListenError) leaves nothing running behind it.
-    grpc_server: RunningServer = bind_server(gateway, grpc_address)
-    http_server: HttpServer | None = None
-    if http_address:
-        http_server = HttpServer(gateway, shutdown_timeout=grace)
-        try:
-            await http_server.start(http_address)
-        except BaseException:
-            await grpc_server.stop(None)
-            raise
+    # The journal first (JournalError: nothing is bound), then both ports; gRPC serves only once
+    # REST is bound too, and the sessions start only after both: a port that is taken
+    # (ListenError) leaves nothing running behind it.
+    await gateway.open()
+    try:
+        grpc_server: RunningServer = bind_server(gateway, grpc_address)
+        http_server: HttpServer | None = None
+        if http_address:
+            http_server = HttpServer(gateway, shutdown_timeout=grace)
+            try:
+                await http_server.start(http_address)
+            except BaseException:
+                await grpc_server.stop(None)
+                raise
+    except BaseException:
+        await gateway.close()
+        raise
     await grpc_server.start()
-    await gateway.start()
+    await gateway.start_sessions()
     # What is alive once started (modules, descriptors, the configuration, the instances) lives
     # as long as the process: frozen, the collector stops walking it on every collection.
     gc.collect()
@@ -61,6 +76,24 @@ async def serve_until_signalled(
         on_ready(Endpoints(grpc_server.port, http_server.port if http_server else None))
     await stop.wait()
     log.info("shutting down: in-flight calls have %.1f s to finish", grace)
-    await asyncio.gather(grpc_server.stop(grace), *([http_server.stop()] if http_server else []))
+    stopping = asyncio.gather(
+        grpc_server.stop(grace), *([http_server.stop()] if http_server else [])
+    )
+    await _halt_before_grace_ends(gateway, stopping, grace)
+    await stopping
     await gateway.close()
     log.info("stopped")
+
+
+async def _halt_before_grace_ends(
+    gateway: Gateway, stopping: asyncio.Future[Any], grace: float
+) -> None:
+    """Halts the updates still running a little before ``grace`` ends (or at once for a grace
+    too short to share), as the gateway's shutdown rather than as their callers' cancel."""
+    margin = min(HALT_BEFORE_GRACE_SECONDS, grace / 2)
+    try:
+        await asyncio.wait_for(asyncio.shield(stopping), grace - margin)
+    except TimeoutError:
+        halted = gateway.operations.halt_running(SHUTTING_DOWN)
+        if halted:
+            log.warning("shutting down: %d update(s) halted before their end", halted)

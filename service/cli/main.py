@@ -20,13 +20,21 @@ from service.demo import DEMO_LATENCY_MS
 from service.listen import ListenError
 from service.settings import FIELDS
 
+#: What the operator must change before the gateway can start, each told in one line.
+_REFUSALS = (config_module.ConfigError, data_dir.DataDirError, data_dir.JournalError, ListenError)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
         result: int = args.run(args)
-    except (config_module.ConfigError, data_dir.DataDirError, ListenError) as exc:
+    except (
+        config_module.ConfigError,
+        data_dir.DataDirError,
+        ListenError,
+        data_dir.JournalError,
+    ) as exc:
         # What the operator must change before the gateway can start: one line, no traceback.
         print(f"privacy-gateway: {exc}", file=sys.stderr)
         return 2

@@ -41,7 +41,15 @@ class Gateway:
 
     async def start(self) -> None:
         """Opens the journal, then starts every session's connection in the background."""
+        await self.open()
+        await self.start_sessions()
+
+    async def open(self) -> None:
+        """Opens the journal; raises ``JournalError`` (one line) when it cannot be used."""
         await self.operations.start_up()
+
+    async def start_sessions(self) -> None:
+        """Starts every session's connection in the background."""
         for instance in self.instances:
             await instance.session.start()
 

@@ -12,11 +12,20 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 Settled = tuple["asyncio.Future[Any]", Any, BaseException | None]
+#: How long the writer thread waits for another process to let go of the journal's lock, in
+#: total, before it fails the group (its writes are then retried by whoever queued them).
+BUSY_PATIENCE_SECONDS = 5.0
+_BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+
+
+class JournalBusy(Exception):
+    """Another connection holds the journal's write lock: nothing of the group was done."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +45,16 @@ def commit_group(db: sqlite3.Connection, batch: Sequence[Queued]) -> list[Settle
 
     Writes do not fail in normal operation, so they run plainly; if one does (a full disk), the
     batch is redone with a savepoint per write, so that one bad write cannot lose the others.
+    Raises ``JournalBusy``, having done nothing, when another connection holds the write lock:
+    the connection has no busy timeout, so that a commit on the event loop never waits for one.
     """
     try:
         db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode in _BUSY_CODES:
+            raise JournalBusy(str(exc)) from exc
+        return [(future, None, exc) for _, future in batch]
+    try:
         try:
             results = _each(db, batch)
         except Exception:
@@ -75,6 +91,27 @@ def _one(db: sqlite3.Connection, work: Write) -> tuple[Any, BaseException | None
         return None, exc
     db.execute("RELEASE one")
     return result, None
+
+
+def commit_patiently(
+    db: sqlite3.Connection,
+    batch: Sequence[Queued],
+    patience: float = BUSY_PATIENCE_SECONDS,
+) -> list[Settled]:
+    """``commit_group`` off the loop: waits (sleeping, on this thread) while another connection
+    holds the lock, up to ``patience`` seconds, then fails the group with the busy error."""
+    waited, pause = 0.0, 0.005
+    while True:
+        try:
+            return commit_group(db, batch)
+        except JournalBusy as busy:
+            if waited >= patience:
+                return [(future, None, busy) for _, future in batch]
+            time.sleep(pause)
+            waited += pause
+            pause = min(pause * 2, 0.1)
+        except Exception as exc:  # BEGIN failed otherwise (a disk I/O error): nothing was done
+            return [(future, None, exc) for _, future in batch]
 
 
 def _rollback(db: sqlite3.Connection) -> None:

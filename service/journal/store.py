@@ -26,7 +26,15 @@ from typing import TypeVar
 
 from service.engine import FieldEvent
 from service.journal import schema
-from service.journal.commit import Queued, Rows, Settled, WriterThread, commit_group
+from service.journal.commit import (
+    JournalBusy,
+    Queued,
+    Rows,
+    Settled,
+    WriterThread,
+    commit_group,
+    commit_patiently,
+)
 from service.journal.policy import CommitPolicy
 from service.operations.record import (
     INTERRUPTED_ERROR,
@@ -60,7 +68,10 @@ class Journal:
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = _connect(path)
+        # No busy timeout on the writing connection: a commit on the event loop must never wait
+        # for another process's lock (``commit_group`` hands such a group to the writer thread,
+        # which waits for it there).
+        self._db = _connect(path, busy_timeout=0.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         # NORMAL: a commit is in the WAL file (the OS's cache) when it returns, which survives the
         # gateway being killed; FULL also flushes it to the disk, which survives power loss.
@@ -77,7 +88,7 @@ class Journal:
         self._policy = CommitPolicy(fsync=fsync, clock=clock)
         self._queue: list[Queued] = []
         self._closed = False
-        self._writer = WriterThread(self._commit, self._settle_from_writer)
+        self._writer = WriterThread(self._commit_patiently, self._settle_from_writer)
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Called on the loop after each group's futures are resolved: one call per commit, so
         #: a reader of many writes' futures need not put a callback on each of them.
@@ -139,12 +150,18 @@ class Journal:
     def _commit_on_loop(self) -> None:
         batch, self._queue = self._queue, []
         started = self._policy.loop_commit_starts()
-        results = self._commit(batch)
+        try:
+            results = commit_group(self._db, batch)
+        except JournalBusy:
+            # Another process holds the lock: the writer thread waits for it, the loop does not.
+            self._policy.sent_to_writer(len(batch))
+            self._writer.submit(batch)
+            return
         self._policy.committed_on_loop(started)
         self._settle(results)
 
-    def _commit(self, batch: list[Queued]) -> list[Settled]:
-        return commit_group(self._db, batch)
+    def _commit_patiently(self, batch: list[Queued]) -> list[Settled]:
+        return commit_patiently(self._db, batch)
 
     def _settle_from_writer(self, results: list[Settled]) -> None:
         self._policy.committed_on_writer(len(results))
@@ -271,10 +288,10 @@ class Journal:
         return schema.decode(row, outcomes)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, busy_timeout: float = 5.0) -> sqlite3.Connection:
     # Autocommit mode: transactions are opened explicitly. Each connection is used by one
     # thread at a time (the loop or the writer; the reads lock), not the thread that opened it.
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=busy_timeout)
     db.row_factory = sqlite3.Row
     return db
 

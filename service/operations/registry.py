@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -22,14 +23,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from service import engine, errors
-from service.engine import SHUTTING_DOWN, Plan
+from service.data_dir import JournalError
+from service.engine import JOURNAL_FAILED, SHUTTING_DOWN, Event, FieldState, Halt, Plan, Snapshot
 from service.errors import GatewayError, shown
 from service.instances import Instance
 
 # The journal's module rather than its names: the journal decodes rows into this package's
 # records, so whichever of the two packages is imported first finds the other part-way through.
 from service.journal import store as journal_store
-from service.operations.journaling import OperationJournal
+from service.operations.journaling import JournalDebt, OperationJournal
 from service.operations.operation import Operation, UpdateRequest
 from service.operations.record import OperationError, OperationRecord, OperationState
 from service.operations.replay import replayed
@@ -39,6 +41,8 @@ T = TypeVar("T")
 
 #: How often the journal's write-ahead log is copied into its database.
 CHECKPOINT_SECONDS = 1.0
+#: How often writes the journal owes (it failed them) are tried again.
+DEBT_RETRY_SECONDS = 1.0
 
 
 class Operations:
@@ -58,22 +62,32 @@ class Operations:
         self._upkeep: list[asyncio.Task[None]] = []
         self._closed = False
         self._request_locks: dict[tuple[str, str], asyncio.Lock] = {}
-        #: Operations with events waiting for the journal to commit.
-        self._unjournaled: set[Operation] = set()
+        #: Writes the journal owes, by instance: its updates are refused until they are made.
+        self._debts: dict[str, JournalDebt] = {}
+        self._debt_task: asyncio.Task[None] | None = None
 
     async def start_up(self) -> None:
         """Opens the journal, marks what a killed predecessor left RUNNING as INTERRUPTED, and
         starts purging what is past retention."""
         open_journal = partial(journal_store.Journal, self._journal_path, fsync=self._fsync)
-        self._journal = await self._off_loop(open_journal)
-        self._journal.on_commit = self._journal_committed
-        interrupted = await self._journal.mark_interrupted()
+        try:
+            self._journal = await self._off_loop(open_journal)
+            interrupted = await self._journal.mark_interrupted()
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(self._journal_path, exc) from exc
         if interrupted:
             log.warning("%d update(s) were interrupted by the previous stop", interrupted)
         self._upkeep = [
             asyncio.create_task(self._purge_periodically(), name="journal-purge"),
             asyncio.create_task(self._checkpoint_periodically(), name="journal-checkpoint"),
         ]
+
+    def halt_running(self, halt: Halt) -> int:
+        """Halts every running operation (its stanza in flight finishes); how many there were."""
+        running = [o for o in self._running.values() if not o.done]
+        for operation in running:
+            operation.halt(halt)
+        return len(running)
 
     async def close(self) -> None:
         """Lets running operations end (their stanzas in flight), then closes the journal."""
@@ -82,9 +96,14 @@ class Operations:
         self._closed = True
         for task in self._upkeep:
             task.cancel()
+        if self._debt_task is not None:
+            self._debt_task.cancel()
         for operation in list(self._running.values()):
             operation.halt(SHUTTING_DOWN)
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for instance, debt in self._debts.items():  # one last try: else INTERRUPTED on restart
+            if not await debt.pay():
+                log.error("journal: instance %s's owed writes are lost (%s)", instance, debt.error)
         if self._journal is not None:
             await self._journal.close()
         self._reader.shutdown(wait=True)
@@ -95,6 +114,11 @@ class Operations:
         self, instance: Instance, request: UpdateRequest, deadline: float | None
     ) -> Operation:
         """The operation for ``request``: a new one, or the one a retry refers to."""
+        debt = self._debts.get(instance.name)
+        if debt is not None:
+            raise errors.JOURNAL_UNAVAILABLE.error(
+                retry_after=DEBT_RETRY_SECONDS, detail=shown(debt.error)
+            )
         if request.request_id is None:
             return self._launch(instance, request, deadline)
         # Calls with one request_id, arriving together, must find each other: the journal
@@ -147,39 +171,72 @@ class Operations:
                 deadline=deadline,
                 halt=operation.halted,
             )
-            # Closed on any exit, so a failure here (a journal write) cannot leave the engine
-            # suspended inside the instance's lock.
+            # Closed on any exit, so a failure here cannot leave the engine suspended inside
+            # the instance's lock.
             async with contextlib.aclosing(events):
                 async for event in events:
-                    written = journal.write(event)
-                    if isinstance(event, Plan) and written is not None:
-                        # Nothing is sent before the operation itself is on disk.
-                        await written
-                    if operation.publish(event, written):
-                        self._unjournaled.add(operation)
-            await journal.flushed()
+                    visible = await self._journaled(operation, journal, event)
+                    if visible is None:
+                        return  # the operation's row could not be written: nothing was sent
+                    operation.publish(visible)
         except GatewayError as refused:
             # Refused before the plan (not connected...): nothing was sent or journaled.
             operation.end(refused)
         except Exception as exc:
             log.exception("update %s failed unexpectedly", operation.id)
             crash = errors.INTERNAL.error(detail=exc)
-            if journal.begun:
+            if journal.begun and journal.usable:
                 ending = OperationError(crash.code, crash.reason, crash.message)
                 with contextlib.suppress(Exception):
                     await self.journal.finish(operation.id, OperationState.FAILED, None, ending)
             operation.end(crash)
         finally:
             self._running.pop((operation.instance.name, operation.id), None)
-            self._unjournaled.discard(operation)
             if request.request_id is not None:
                 self._by_request.pop((operation.instance.name, request.request_id), None)
+            if journal.debt is not None and journal.debt.writes:
+                self._owe(operation.instance.name, journal.debt)
             operation.end()
 
-    def _journal_committed(self) -> None:
-        for operation in list(self._unjournaled):
-            if not operation.release():
-                self._unjournaled.discard(operation)
+    async def _journaled(
+        self, operation: Operation, journal: OperationJournal, event: Event
+    ) -> Event | None:
+        """``event`` once the journal holds it, as the caller is to see it; None when the
+        operation cannot even begin (its row could not be written)."""
+        if journal.usable and await journal.write(event):
+            return event
+        assert journal.debt is not None
+        if isinstance(event, Plan):
+            operation.end(errors.JOURNAL_UNAVAILABLE.error(detail=shown(journal.debt.error)))
+            journal.debt = None  # nothing happened that the journal must learn of
+            return None
+        # No further stanza; what was applied is still told, and written once the journal can.
+        operation.halt(JOURNAL_FAILED)
+        if isinstance(event, Snapshot):
+            if journal.debt.writes:
+                journal.debt.writes.pop()  # the ending as the engine had it...
+            event = _behind(operation, event, journal.debt.error)
+            await journal.write(event)  # ...owed as the caller is told it
+        return event
+
+    def _owe(self, instance: str, debt: JournalDebt) -> None:
+        """``instance``'s updates wait until the journal has taken ``debt``."""
+        log.error(
+            "journal: %d write(s) of instance %s could not be made (%s); its updates are "
+            "refused until they are",
+            len(debt.writes), instance, debt.error,
+        )  # fmt: skip
+        self._debts[instance] = debt
+        if self._debt_task is None or self._debt_task.done():
+            self._debt_task = asyncio.create_task(self._pay_debts(), name="journal-debts")
+
+    async def _pay_debts(self) -> None:
+        while self._debts:
+            await asyncio.sleep(DEBT_RETRY_SECONDS)
+            for instance, debt in list(self._debts.items()):
+                if await debt.pay():
+                    del self._debts[instance]
+                    log.warning("journal: instance %s's owed writes are on disk", instance)
 
     # -- reading the journal -------------------------------------------------------------------
 
@@ -254,3 +311,14 @@ def _same_request(known: UpdateRequest, request: UpdateRequest) -> None:
 
 def _reused(request_id: str) -> GatewayError:
     return errors.REQUEST_ID_REUSED.error(request_id=request_id)
+
+
+def _behind(operation: Operation, snapshot: Snapshot, detail: str) -> Snapshot:
+    """The snapshot as the caller is told it when the journal could not record the update:
+    an update that had not failed otherwise fails JOURNAL_BEHIND, with what was applied."""
+    if snapshot.error is not None:
+        return snapshot
+    applied = ",".join(f.value for f in snapshot.fields_in(FieldState.APPLIED))
+    metadata = {"instance": operation.instance.name, "applied": applied}
+    failed = errors.JOURNAL_BEHIND.failure(snapshot, extra=metadata, detail=shown(detail))
+    return Snapshot(snapshot.settings, snapshot.outcomes, failed)

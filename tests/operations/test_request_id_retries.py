@@ -29,6 +29,7 @@ from service.engine import UpdateOptions
 from service.grpc.convert import settings_to_proto
 from service.instances import Instance
 from service.operations import Operation, Operations, UpdateRequest
+from service.operations.journaling import RETRY_PAUSES
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from service.sessions.simulated import DEFAULT_SETTINGS, SentStanza, SimulatedSession
@@ -262,23 +263,31 @@ async def test_operations_started_together_with_one_request_id_are_one(tmp_path:
 async def test_a_failed_journal_write_leaves_the_instance_free(
     gateway: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A journal write that fails (a full disk) fails that update, not every later one."""
+    """A journal that cannot write an operation's row (a full disk, on every retry) refuses that
+    update, with nothing sent, and not every later one."""
     session = gateway.session()
     journal = gateway.gateway.operations.journal
     real_begin = journal.begin
+    attempts = []
 
     def full_disk(db: sqlite3.Connection) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
     def failing_begin(row: Any) -> Any:
-        monkeypatch.setattr(journal, "begin", real_begin)  # only this once
+        attempts.append(row.id)
+        if len(attempts) == 1 + len(RETRY_PAUSES):  # the update's last try: then it works again
+            monkeypatch.setattr(journal, "begin", real_begin)
         return journal._submit(full_disk)
 
     monkeypatch.setattr(journal, "begin", failing_begin)
     try:
         failed = await _rpc_error(_unary(gateway, Settings({Field.LAST_SEEN: "none"})))
-        assert failed.code() == grpc.StatusCode.INTERNAL
-        assert "database or disk is full" in failed.details()
+        assert failed.code() == grpc.StatusCode.UNAVAILABLE
+        assert failed.details() == (
+            "The operation journal cannot record updates: database or disk is full"
+        )
+        assert len(set(attempts)) == 1
+        assert len(attempts) == 1 + len(RETRY_PAUSES)
         assert session.server_settings[Field.LAST_SEEN] == DEFAULT_SETTINGS[Field.LAST_SEEN]
 
         try:

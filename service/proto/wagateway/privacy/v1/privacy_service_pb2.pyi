@@ -36,7 +36,9 @@ Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer with
 | CANCELLED           | CANCELLED              | the caller went away before every field was sent
 | DEADLINE_EXCEEDED   | DEADLINE_EXCEEDED      | the call's deadline passed before every field was sent
 | UNAVAILABLE         | SHUTTING_DOWN          | the gateway stopped before every field was sent
-| INTERNAL            | JOURNAL_FAILED         | the operation journal failed a write, so no further stanza was sent
+| UNAVAILABLE         | JOURNAL_FAILED         | the operation journal stayed unusable (a full disk, a lock held elsewhere): no further stanza was sent; what was applied is in the details, and is journaled once it can be
+| UNAVAILABLE         | JOURNAL_BEHIND         | every field was sent, but the journal could not record the outcome: it is journaled once it can be
+| UNAVAILABLE         | JOURNAL_UNAVAILABLE    | the journal cannot take writes (nothing was sent), or still owes an earlier update's outcome for the instance (+ RetryInfo)
 | UNAVAILABLE         | INTERRUPTED            | a retry of an update the previous gateway process was stopped in the middle of
 | INTERNAL            | INTERNAL               | a fault in the gateway itself (a bug)
 """
