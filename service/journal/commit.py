@@ -93,13 +93,10 @@ def _one(db: sqlite3.Connection, work: Write) -> tuple[Any, BaseException | None
     return result, None
 
 
-def commit_patiently(
-    db: sqlite3.Connection,
-    batch: Sequence[Queued],
-    patience: float = BUSY_PATIENCE_SECONDS,
-) -> list[Settled]:
+def commit_patiently(db: sqlite3.Connection, batch: Sequence[Queued]) -> list[Settled]:
     """``commit_group`` off the loop: waits (sleeping, on this thread) while another connection
-    holds the lock, up to ``patience`` seconds, then fails the group with the busy error."""
+    holds the lock, up to ``BUSY_PATIENCE_SECONDS``, then fails the group with the busy error."""
+    patience = BUSY_PATIENCE_SECONDS
     waited, pause = 0.0, 0.005
     while True:
         try:

@@ -203,7 +203,7 @@ class Operations:
     ) -> Event | None:
         """``event`` once the journal holds it, as the caller is to see it; None when the
         operation cannot even begin (its row could not be written)."""
-        if journal.usable and await journal.write(event):
+        if await journal.write(event):  # once the journal is unusable, each write is owed
             return event
         assert journal.debt is not None
         if isinstance(event, Plan):
@@ -272,16 +272,23 @@ class Operations:
 
     async def _purge_periodically(self) -> None:
         while True:
-            purged = await self.journal.purge(time.time() - self._retention)
-            if purged:
-                log.info("journal: purged %d operation(s) past retention", purged)
+            try:
+                purged = await self.journal.purge(time.time() - self._retention)
+            except (sqlite3.Error, OSError) as exc:  # a full disk: next time, then
+                log.warning("journal: purge failed: %s", exc)
+            else:
+                if purged:
+                    log.info("journal: purged %d operation(s) past retention", purged)
             await asyncio.sleep(3600)
 
     async def _checkpoint_periodically(self) -> None:
         """Keeps the journal's write-ahead log short, off the loop (see ``Journal``)."""
         while True:
             await asyncio.sleep(CHECKPOINT_SECONDS)
-            await self._off_loop(self.journal.checkpoint)
+            try:
+                await self._off_loop(self.journal.checkpoint)
+            except (sqlite3.Error, OSError) as exc:  # a full disk, a lock: next time, then
+                log.debug("journal: checkpoint failed: %s", exc)
 
 
 class _RandomIds:

@@ -1,0 +1,184 @@
+"""The journal at the gateway's start and stop: real ``privacy-gateway serve`` processes.
+
+At start, a journal that cannot be used (not a database, or locked by another process) stops
+the gateway with one line and exit code 2, before any port is bound. At stop, an update the
+shutdown cuts is journaled as the gateway's doing (SHUTTING_DOWN), not as its caller's cancel,
+and its caller hears what was applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_status import rpc_status
+
+from service.auth import hash_token
+from service.grpc.convert import settings_to_proto
+from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
+from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
+from tests.helpers.faults import JournalLock
+from tests.helpers.journal_restart import StartGateway
+from tests.helpers.processes import TIMEOUT, stripped_env
+from tests.helpers.rich_status import error_info, update_response
+from tests.helpers.updates import FIVE_CHANGES
+
+TOKEN = "start-and-stop-token"
+METADATA = (("token", TOKEN),)
+
+
+def _config(tmp_path: Path, data_dir: Path, *, listen: str, latency_ms: int, grace: float) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        f"""
+listen = "{listen}"
+http_listen = ""
+data_dir = "{data_dir}"
+rate_limit_per_minute = 0
+shutdown_grace_seconds = {grace}
+
+[[accounts]]
+name = "acme"
+token_sha256 = "{hash_token(TOKEN)}"
+
+[[instances]]
+name = "sales"
+account = "acme"
+latency_ms = {latency_ms}
+"""
+    )
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _serve_refused(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli.main", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=stripped_env(),
+        check=False,
+    )
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def test_a_journal_that_is_not_a_database_stops_the_start_in_one_line(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "journal.db").write_bytes(b"this is not a SQLite database, but it is 64 bytes" * 4)
+    port = _free_port()
+
+    done = _serve_refused(
+        _config(tmp_path, data_dir, listen=f"127.0.0.1:{port}", latency_ms=0, grace=1)
+    )
+
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"privacy-gateway: journal {data_dir / 'journal.db'}: ")
+    assert "move it aside" in lines[0]
+    assert _port_is_free(port)
+
+
+def test_a_journal_locked_by_another_process_stops_the_start_in_one_line(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    port = _free_port()
+    config = _config(tmp_path, data_dir, listen=f"127.0.0.1:{port}", latency_ms=0, grace=1)
+
+    async def refused_while_locked() -> subprocess.CompletedProcess[str]:
+        lock = JournalLock(data_dir / "journal.db")
+        await lock.take()
+        try:
+            return await asyncio.to_thread(_serve_refused, config)
+        finally:
+            await lock.release()
+
+    done = asyncio.run(refused_while_locked())
+
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "database is locked" in lines[0]
+    assert "another process holds it" in lines[0]
+    assert _port_is_free(port)
+
+
+def test_an_update_cut_by_shutdown_is_journaled_as_the_shutdown_and_its_caller_told(
+    tmp_path: Path, gateway_processes: StartGateway
+) -> None:
+    data_dir = tmp_path / "data"
+    config = _config(tmp_path, data_dir, listen="127.0.0.1:0", latency_ms=600, grace=1.5)
+    gateway = gateway_processes(config)
+    channel = grpc.insecure_channel(gateway.address)
+    stub = pb_grpc.PrivacyServiceStub(channel)
+    try:
+        call = stub.StreamUpdatePrivacySettings(
+            pb.StreamUpdatePrivacySettingsRequest(
+                instance="sales", settings=settings_to_proto(FIVE_CHANGES)
+            ),
+            metadata=METADATA,
+            timeout=TIMEOUT,
+        )
+        messages = [next(call)]  # the plan
+        messages.append(next(call))  # the first field STARTED: its stanza is out
+        gateway.process.send_signal(signal.SIGTERM)
+        try:
+            messages.extend(call)
+        except grpc.RpcError as cut:
+            error = cut
+        else:
+            raise AssertionError("the update ended without an error")
+    finally:
+        channel.close()
+    assert gateway.process.wait(timeout=TIMEOUT) == 0, gateway.stderr()
+
+    assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+    status = rpc_status.from_call(error)
+    assert status is not None
+    assert error_info(status).reason == "SHUTTING_DOWN"
+    told = update_response(status)
+    applied = [f for f in told.fields if f.state == pb.FIELD_STATE_APPLIED]
+    assert applied, "the stanza in flight finished and was reported"
+    assert {f.state for f in told.fields} <= {pb.FIELD_STATE_APPLIED, pb.FIELD_STATE_NOT_ATTEMPTED}
+
+    again = gateway_processes(config)
+    channel = grpc.insecure_channel(again.address)
+    try:
+        operation = (
+            pb_grpc.PrivacyServiceStub(channel)
+            .GetUpdateOperation(
+                pb.GetUpdateOperationRequest(
+                    instance="sales", operation_id=messages[0].plan.operation_id
+                ),
+                metadata=METADATA,
+                timeout=TIMEOUT,
+            )
+            .operation
+        )
+    finally:
+        channel.close()
+    assert operation.state == pb.OPERATION_STATE_FAILED
+    assert operation.error_reason == "SHUTTING_DOWN"
+    assert [(f.field, f.state) for f in operation.fields] == [
+        (f.field, f.state) for f in told.fields
+    ]
