@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from service.settings import Field as SettingField
+from service.tls import PemError, Role, ServerTls, load_server_tls
 
 #: The gRPC address: where ``serve`` listens and where the client commands call.
 DEFAULT_LISTEN = "127.0.0.1:50051"
@@ -42,6 +43,7 @@ ENV_PREFIX = "PRIVACY_GATEWAY_"
 ProxyUrl = Annotated[str, StringConstraints(pattern=r"^(http|https|socks5)://[^\s/]+(/.*)?$")]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+FilePath = Annotated[str, StringConstraints(min_length=1)]
 HostPort = Annotated[str, StringConstraints(pattern=r"^(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d{1,5}$")]
 
 
@@ -145,8 +147,36 @@ class GatewayConfig(_Strict):
     #: How long the gateway waits for WhatsApp's answer to one stanza before it reports that
     #: field as unconfirmed.
     stanza_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    #: TLS on both servers: the certificate (PEM; a chain, the server's first) and its private
+    #: key (PEM, unencrypted), both or neither. Relative paths are from the working directory.
+    tls_cert_file: FilePath | None = None
+    tls_key_file: FilePath | None = None
+    #: Mutual TLS: callers must present a certificate signed by this CA (PEM; needs the two above).
+    tls_client_ca_file: FilePath | None = None
     accounts: list[AccountConfig] = []
     instances: list[InstanceConfig] = []
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> GatewayConfig:
+        cert, key, ca = self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file
+        if (cert is None) != (key is None):
+            given, missing = (_TLS_KEYS["cert"], _TLS_KEYS["key"])
+            if cert is None:
+                given, missing = missing, given
+            raise _ReferenceError(
+                (given,), f"needs {missing} too (TLS takes a certificate and its private key)"
+            )
+        if ca is not None and cert is None:
+            raise _ReferenceError(
+                (_TLS_KEYS["ca"],),
+                "needs tls_cert_file and tls_key_file (mutual TLS is TLS that checks callers)",
+            )
+        if cert is not None and key is not None:
+            try:
+                load_server_tls(cert, key, ca)
+            except PemError as exc:
+                raise _ReferenceError((_TLS_KEYS[exc.role],), str(exc)) from None
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
@@ -171,6 +201,27 @@ class GatewayConfig(_Strict):
 
 class ConfigError(Exception):
     """A configuration that cannot be used; the message says where and why."""
+
+
+_TLS_KEYS: dict[Role, str] = {
+    "cert": "tls_cert_file",
+    "key": "tls_key_file",
+    "ca": "tls_client_ca_file",
+}
+
+
+def server_tls(config: GatewayConfig) -> ServerTls | None:
+    """The servers' TLS as ``config`` names it, read from the files now; None: plaintext.
+
+    The configuration checked the files when it was made; a file that changed since is a
+    ``ConfigError`` naming its key, as it would have been then.
+    """
+    if config.tls_cert_file is None or config.tls_key_file is None:
+        return None
+    try:
+        return load_server_tls(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
+    except PemError as exc:
+        raise ConfigError(f"{_TLS_KEYS[exc.role]}: {exc}") from None
 
 
 class _ReferenceError(ValueError):
@@ -322,6 +373,9 @@ _ENV_KEYS = {
     "SHUTDOWN_GRACE_SECONDS": "shutdown_grace_seconds",
     "DATA_DIR": "data_dir",
     "STANZA_THREADS": "stanza_threads",
+    "TLS_CERT_FILE": "tls_cert_file",
+    "TLS_KEY_FILE": "tls_key_file",
+    "TLS_CLIENT_CA_FILE": "tls_client_ca_file",
 }
 
 

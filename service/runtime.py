@@ -22,6 +22,7 @@ from service.engine import SHUTTING_DOWN
 from service.gateway import Gateway
 from service.grpc.server import RunningServer, bind_server
 from service.http.server import HttpServer
+from service.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +45,19 @@ async def serve_until_signalled(
     http_address: str | None,
     grace: float,
     on_ready: Callable[[Endpoints], None] | None = None,
+    *,
+    tls: ServerTls | None = None,
 ) -> None:
     # The journal first (JournalError: nothing is bound), then both ports; gRPC serves only once
     # REST is bound too, and the sessions start only after both: a port that is taken
     # (ListenError) leaves nothing running behind it.
     await gateway.open()
     try:
-        grpc_server: RunningServer = bind_server(gateway, grpc_address)
+        grpc_server: RunningServer = bind_server(gateway, grpc_address, tls)
         http_server: HttpServer | None = None
         if http_address:
-            http_server = HttpServer(gateway, shutdown_timeout=grace)
+            ssl_context = tls.ssl_context if tls is not None else None
+            http_server = HttpServer(gateway, shutdown_timeout=grace, ssl_context=ssl_context)
             try:
                 await http_server.start(http_address)
             except BaseException:

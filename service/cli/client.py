@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import grpc
 import segno
@@ -20,6 +20,7 @@ from service.proto.wagateway.privacy.v1 import instance_service_pb2_grpc as inst
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from service.settings import FIELDS, Settings
+from service.tls import PemError, Role, certificates, key_pair
 
 _STATE_WORDS = {
     FieldState.STARTED: "sending",
@@ -41,7 +42,7 @@ def get(args: argparse.Namespace) -> int:
                 pb.GetPrivacySettingsRequest(instance=args.instance), metadata=metadata
             )
         except grpc.RpcError as error:
-            return _report(error)
+            return _report(error, args)
     print_settings(convert.settings_from_proto(response.settings))
     return 0
 
@@ -61,18 +62,18 @@ def set_(args: argparse.Namespace) -> int:
             for message in stub.StreamUpdatePrivacySettings(request, metadata=metadata):
                 _print_event(message)
         except grpc.RpcError as error:
-            return _report(error)
+            return _report(error, args)
     return 0
 
 
 def health(args: argparse.Namespace) -> int:
-    with grpc.insecure_channel(args.address) as channel:
+    with open_channel(args) as channel:
         # The published stubs for grpc_health leave HealthStub's methods out.
         stub: Any = health_pb2_grpc.HealthStub(channel)
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         except grpc.RpcError as error:
-            return _report(error)
+            return _report(error, args)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(status)
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
@@ -112,11 +113,66 @@ def _print_event(message: pb.StreamUpdatePrivacySettingsResponse) -> None:
         print_settings(convert.settings_from_proto(message.snapshot))
 
 
-def _report(error: grpc.RpcError) -> int:
+def _report(error: grpc.RpcError, args: argparse.Namespace) -> int:
     code = error.code() if isinstance(error, grpc.Call) else None
     details = error.details() if isinstance(error, grpc.Call) else str(error)
     print(f"error: {code.name if code else 'UNKNOWN'}: {details}", file=sys.stderr)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        # grpc's words for a refused handshake are about sockets ("Socket closed"): say what to
+        # check (a gateway that is not running reads the same to grpc).
+        if _uses_tls(args):
+            hint = "if it runs, the TLS handshake failed: check --ca-file, --cert-file, --key-file"
+        else:
+            hint = "if it runs and serves TLS, give --ca-file (for mutual TLS, --cert-file too)"
+        print(f"privacy-gateway: cannot reach {args.address}; {hint}", file=sys.stderr)
     return 1
+
+
+_TLS_FLAGS: dict[Role, str] = {"ca": "--ca-file", "cert": "--cert-file", "key": "--key-file"}
+
+
+def _tls_files(args: argparse.Namespace) -> tuple[str | None, str | None, str | None]:
+    """--ca-file, --cert-file and --key-file (or their environment variables); None: not given."""
+    return args.ca_file or None, args.cert_file or None, args.key_file or None
+
+
+def _uses_tls(args: argparse.Namespace) -> bool:
+    return any(_tls_files(args))
+
+
+def open_channel(args: argparse.Namespace) -> grpc.Channel:
+    """A channel to ``args.address``: over TLS when any of the TLS options is given.
+
+    A file that cannot be used ends the command with a one-line usage error (exit 2).
+    """
+    credentials = _credentials(args)
+    if credentials is None:
+        return grpc.insecure_channel(args.address)
+    return grpc.secure_channel(args.address, credentials)
+
+
+def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    ca_file, cert_file, key_file = _tls_files(args)
+    if (cert_file is None) != (key_file is None):
+        _usage_error("--cert-file and --key-file go together (a certificate and its private key)")
+    if ca_file is None and cert_file is None:
+        return None
+    try:
+        # Without --ca-file the gateway's certificate is checked against the system's CAs.
+        root = certificates(ca_file, "ca") if ca_file is not None else None
+        chain, key = (None, None)
+        if cert_file is not None and key_file is not None:
+            chain, key = key_pair(cert_file, key_file)
+    except PemError as exc:
+        _usage_error(f"{_TLS_FLAGS[exc.role]}: {exc}")
+    return grpc.ssl_channel_credentials(
+        root_certificates=root, private_key=key, certificate_chain=chain
+    )
+
+
+def _usage_error(message: str) -> NoReturn:
+    print(f"privacy-gateway: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 Metadata = tuple[tuple[str, str], ...]
@@ -126,9 +182,8 @@ Metadata = tuple[tuple[str, str], ...]
 def _connection(args: argparse.Namespace) -> Iterator[tuple[grpc.Channel, Metadata]]:
     """A channel to the gateway, and the token metadata for calls on it."""
     if not args.token:
-        print("privacy-gateway: --token (or PRIVACY_GATEWAY_TOKEN) is required", file=sys.stderr)
-        raise SystemExit(2)
-    with grpc.insecure_channel(args.address) as channel:
+        _usage_error("--token (or PRIVACY_GATEWAY_TOKEN) is required")
+    with open_channel(args) as channel:
         yield channel, (("token", str(args.token)),)
 
 
@@ -146,7 +201,7 @@ def instances(args: argparse.Namespace) -> int:
                 instance_pb.ListInstancesRequest(), metadata=metadata
             )
         except grpc.RpcError as error:
-            return _report(error)
+            return _report(error, args)
     print(f"{'instance':<16} {'account':<12} {'kind':<10} {'state':<15} {'since':<20} detail")
     for item in response.instances:
         kind = instance_pb.SessionKind.Name(item.kind).removeprefix("SESSION_KIND_").lower()
@@ -181,7 +236,7 @@ def pair(args: argparse.Namespace) -> int:
                 elif kind == "jid":
                     print(f"paired: {args.instance} is now linked as {message.jid}")
         except grpc.RpcError as error:
-            return _report(error)
+            return _report(error, args)
     return 0
 
 
@@ -202,5 +257,5 @@ def watch(args: argparse.Namespace) -> int:
                     print(f"{stamp} {source.lower():<8} {field.value:<14} -> {settings[field]}")
                 sys.stdout.flush()
         except grpc.RpcError as error:
-            return _report(error)
+            return _report(error, args)
     return 0

@@ -122,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
 
     health = commands.add_parser("health", help="exit 0 when the gateway reports SERVING")
     health.add_argument("--address", default=_env_address(), help="gateway address")
+    _tls_options(health)
     health.set_defaults(run=client.health)
     return parser
 
@@ -139,6 +140,24 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get(config_module.ENV_PREFIX + "TOKEN"),
         help="account or instance token (env PRIVACY_GATEWAY_TOKEN)",
     )
+    _tls_options(parser)
+
+
+def _tls_options(parser: argparse.ArgumentParser) -> None:
+    """TLS to a gateway that serves it: whom to trust, and for mutual TLS what to present."""
+    tls = parser.add_argument_group("TLS (any of these makes the call over TLS)")
+    for flag, what in (
+        ("ca-file", "trust this CA's certificates (PEM) for the gateway's"),
+        ("cert-file", "mutual TLS: present this client certificate (PEM; with --key-file)"),
+        ("key-file", "mutual TLS: the client certificate's private key (PEM; with --cert-file)"),
+    ):
+        variable = config_module.ENV_PREFIX + flag.replace("-", "_").upper()
+        tls.add_argument(
+            f"--{flag}",
+            metavar="FILE",
+            default=os.environ.get(variable),
+            help=f"{what} (env {variable})",
+        )
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -167,6 +186,7 @@ def _serve(args: argparse.Namespace) -> int:
     }
     file = Path(args.config) if demo is None else demo.contents
     cfg = config_module.resolve(command_line, os.environ, file)
+    tls = config_module.server_tls(cfg)
     logging.basicConfig(
         level=cfg.log_level.upper(),
         stream=sys.stderr,
@@ -175,20 +195,26 @@ def _serve(args: argparse.Namespace) -> int:
 
     def ready(endpoints: Endpoints) -> None:
         host = cfg.listen.rsplit(":", 1)[0]
-        print(f"privacy-gateway: gRPC listening on {host}:{endpoints.grpc_port}", flush=True)
+        kind = "" if tls is None else " (mutual TLS)" if tls.mutual else " (TLS)"
+        print(f"privacy-gateway: gRPC listening on {host}:{endpoints.grpc_port}{kind}", flush=True)
         if endpoints.http_port is not None:
             http_host = cfg.http_listen.rsplit(":", 1)[0]
+            scheme = "http" if tls is None else "https"
             print(
-                f"privacy-gateway: REST listening on http://{http_host}:{endpoints.http_port}",
+                f"privacy-gateway: REST listening on "
+                f"{scheme}://{http_host}:{endpoints.http_port}{kind}",
                 flush=True,
             )
         if demo is not None:
+            trust = "" if tls is None else " --ca-file CA.pem"
+            if tls is not None and tls.mutual:
+                trust += " --cert-file CLIENT.pem --key-file CLIENT-KEY.pem"
             print(
                 f"demo instance 'demo' on a simulated WhatsApp session "
                 f"({cfg.instances[0].latency_ms} ms per stanza)\n"
                 f"demo token: {demo.token}\n"
                 f"try:  privacy-gateway set demo --last-seen none --read-receipts none "
-                f"--address {host}:{endpoints.grpc_port} --token {demo.token}",
+                f"--address {host}:{endpoints.grpc_port} --token {demo.token}{trust}",
                 flush=True,
             )
 
@@ -197,7 +223,7 @@ def _serve(args: argparse.Namespace) -> int:
     with data_dir.locked(cfg.data_dir):
         gateway = assembly.build_gateway(cfg)
         serving = serve_until_signalled(
-            gateway, cfg.listen, cfg.http_listen or None, cfg.shutdown_grace_seconds, ready
+            gateway, cfg.listen, cfg.http_listen or None, cfg.shutdown_grace_seconds, ready, tls=tls
         )
         asyncio.run(serving)
     return 0

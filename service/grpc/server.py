@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -23,6 +24,7 @@ from service.proto.wagateway.privacy.v1 import instance_service_pb2 as instance_
 from service.proto.wagateway.privacy.v1 import instance_service_pb2_grpc as instance_grpc
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
+from service.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +65,21 @@ class RunningServer:
         await self.server.stop(grace)
 
 
-async def start_server(gateway: Gateway, address: str) -> RunningServer:
+async def start_server(
+    gateway: Gateway, address: str, tls: ServerTls | None = None
+) -> RunningServer:
     """Binds ``address`` (port 0 picks a free one) and starts serving."""
-    server = bind_server(gateway, address)
+    server = bind_server(gateway, address, tls)
     await server.start()
     return server
 
 
-def bind_server(gateway: Gateway, address: str) -> RunningServer:
+def bind_server(gateway: Gateway, address: str, tls: ServerTls | None = None) -> RunningServer:
     """The server, its port bound but not yet serving: ``start`` it once the rest is bound too.
 
-    Raises ``ListenError`` (one line, naming the port) when ``address`` is taken.
+    With ``tls`` the port speaks TLS only (and, with a client CA, takes only callers whose
+    certificate it signed). Raises ``ListenError`` (one line, naming the port) when ``address``
+    is taken.
     """
     server = aio.server(interceptors=[GuardInterceptor(gateway)], options=[EXCLUSIVE_PORT])
     privacy = PrivacyServicer(gateway)
@@ -84,10 +90,20 @@ def bind_server(gateway: Gateway, address: str) -> RunningServer:
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    return RunningServer(server, _add_port(server, address), health_servicer, privacy)
+    credentials = None if tls is None else server_credentials(tls)
+    return RunningServer(server, _add_port(server, address, credentials), health_servicer, privacy)
 
 
-def _add_port(server: aio.Server, address: str) -> int:
+def server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
+    """grpc's TLS for the port: a client certificate is required exactly when there is a CA."""
+    return grpc.ssl_server_credentials(
+        [(tls.private_key, tls.certificate_chain)],
+        root_certificates=tls.client_ca,
+        require_client_auth=tls.mutual,
+    )
+
+
+def _add_port(server: aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
     """Binds ``address``; a failure is a ``ListenError`` instead of grpc's own report.
 
     grpc's core writes a failed bind to the process's stderr itself, as a log line of its own,
@@ -96,7 +112,10 @@ def _add_port(server: aio.Server, address: str) -> int:
     """
     with _stderr_held() as held:
         try:
-            port = server.add_insecure_port(address)
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
         except RuntimeError:
             port = 0
     if port == 0:

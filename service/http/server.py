@@ -7,6 +7,8 @@ that a second gateway cannot share it, and a port that cannot be bound is a one-
 
 from __future__ import annotations
 
+import ssl
+
 from aiohttp import web
 
 from service.config import DEFAULT_SHUTDOWN_GRACE_SECONDS
@@ -19,8 +21,12 @@ class HttpServer:
     """The REST surface on ``host:port``, in the running event loop."""
 
     def __init__(
-        self, gateway: Gateway, shutdown_timeout: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
+        self,
+        gateway: Gateway,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_GRACE_SECONDS,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``ssl_context`` (``service.tls.ServerTls``'s) makes the port speak HTTPS only."""
         # ``handler_cancellation``: a client that hangs up cancels its handler, so that an update
         # it started stops as a gRPC caller's does (aiohttp lets handlers run on by default).
         self._runner = web.AppRunner(
@@ -29,6 +35,7 @@ class HttpServer:
             shutdown_timeout=shutdown_timeout,
             handler_cancellation=True,
         )
+        self._ssl_context = ssl_context
         self.port = 0
 
     async def start(self, address: str) -> None:
@@ -39,7 +46,9 @@ class HttpServer:
         """
         host, port = host_and_port(address)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_port=False)
+        site = web.TCPSite(
+            self._runner, host, port, reuse_port=False, ssl_context=self._ssl_context
+        )
         try:
             await site.start()
         except OSError as exc:

@@ -24,8 +24,11 @@ from typing import IO, Protocol
 
 #: The CLI as the venv running the tests has it (the console script runs this same ``main``).
 CLI = (sys.executable, "-m", "service.cli.main")
-#: The line ``serve`` prints once it accepts calls; group 1 is the address.
-LISTENING = re.compile(r"^privacy-gateway: gRPC listening on (127\.0\.0\.1:\d+)$")
+#: The line ``serve`` prints once it accepts calls; group 1 is the address (a TLS port's line
+#: ends in "(TLS)" or "(mutual TLS)").
+LISTENING = re.compile(
+    r"^privacy-gateway: gRPC listening on (127\.0\.0\.1:\d+)(?: \((?:mutual )?TLS\))?$"
+)
 #: Seconds any single process step (start, answer, print a line, exit) may take.
 TIMEOUT = 20.0
 
