@@ -226,7 +226,11 @@ class Operations:
             "refused until they are",
             len(debt.writes), instance, debt.error,
         )  # fmt: skip
-        self._debts[instance] = debt
+        owed = self._debts.get(instance)
+        if owed is None:
+            self._debts[instance] = debt
+        else:  # an update that had begun before the first one's writes failed
+            owed.writes.extend(debt.writes)
         if self._debt_task is None or self._debt_task.done():
             self._debt_task = asyncio.create_task(self._pay_debts(), name="journal-debts")
 
