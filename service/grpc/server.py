@@ -97,11 +97,14 @@ def grpc_options(limits: TransportLimits) -> list[tuple[str, int]]:
     - ``grpc.max_receive_message_length``: a larger request message is refused by grpc itself,
       RESOURCE_EXHAUSTED "Received message larger than max", before the gateway sees it.
     - ``grpc.server.max_pending_requests`` and its ``_hard_limit``: how many calls grpc holds
-      that have arrived but that the gateway's loop has not yet picked up. grpc's defaults
-      (1,000, then dropping calls at random up to 3,000) drop calls under a burst, and a dropped
-      call ends CANCELLED, which its caller cannot tell from its own cancel. With both at
-      ``max_pending_calls`` the burst reaches the gateway, whose ``max_concurrent_calls`` answers
-      the excess with TOO_MANY_CALLS and a retry hint.
+      that have arrived but that the gateway's loop has not yet picked up (grpc's aio server asks
+      core for one call per method at a time, so a burst waits there). grpc's defaults, 1,000 and
+      3,000 (``pending_backlog_protector_``, a RandomEarlyDetection, in grpc's
+      src/core/server/server.h), drop calls at random past 1,000 and all past 3,000, and a
+      dropped call ends CANCELLED, which its caller cannot tell from its own cancel (3,000 calls
+      at once: about 700 CANCELLED). With both at ``max_pending_calls`` the burst reaches the
+      gateway, whose ``max_concurrent_calls`` answers the excess at once with TOO_MANY_CALLS and
+      a retry hint, so the queue drains as fast as it fills.
     - keepalive enforcement: ``grpc.http2.min_ping_interval_without_data_ms``,
       ``grpc.keepalive_permit_without_calls`` and ``grpc.http2.max_ping_strikes``; a client that
       pings more often than allowed is sent GOAWAY (ENHANCE_YOUR_CALM, "too_many_pings") after

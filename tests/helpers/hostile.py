@@ -275,6 +275,7 @@ def _details(status: status_pb2.Status, kind: type[T]) -> list[Any]:
 #: grpc's own refusals, before the gateway sees a call (the README states them).
 _GRPC_OWN = {
     (grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max"),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, "received metadata size exceeds"),
 }
 
 
