@@ -9,6 +9,7 @@ from service.auth import Principal, Scope, TokenRegistry
 from service.config import GatewayConfig, InstanceConfig
 from service.gateway import Gateway
 from service.instances import Instance, InstanceDirectory
+from service.limits import CallLimiter, TransportLimits
 from service.operations import Operations
 from service.ratelimit import RateLimiter
 from service.sessions.base import Session
@@ -41,7 +42,15 @@ def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gate
     retention = config.journal_retention_days * 86400
     journal = Path(config.data_dir) / "journal.db"
     operations = Operations(journal, retention, fsync=config.journal_fsync)
-    return Gateway(instances, TokenRegistry(principals), limiter, operations, blocking)
+    return Gateway(
+        instances,
+        TokenRegistry(principals),
+        limiter,
+        operations,
+        blocking,
+        calls=CallLimiter(config.max_concurrent_calls),
+        limits=TransportLimits.of(config),
+    )
 
 
 class WhatsAppSessions:

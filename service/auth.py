@@ -66,6 +66,11 @@ class TokenRegistry:
         """The token's holder."""
         if not token:
             raise errors.TOKEN_MISSING.error()
+        if not token.isprintable():
+            # A control character, or bytes that were not UTF-8 (which an HTTP header's value
+            # arrives as, escaped): no configured token is such a string, and hashing one would
+            # fail on the escapes.
+            raise errors.TOKEN_INVALID.error()
         digest = hashlib.sha256(token.encode()).digest()
         principal = self._by_hash.get(digest)
         if principal is None or not hmac.compare_digest(

@@ -36,6 +36,19 @@ DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
 DEFAULT_RATE_LIMIT_PER_MINUTE = 100
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
 DEFAULT_DATA_DIR = "data"
+#: Calls served at once, gRPC and REST together (an open stream counts); 0 turns the cap off.
+DEFAULT_MAX_CONCURRENT_CALLS = 1000
+#: gRPC calls that have arrived but that the gateway has not yet picked up (a burst). grpc's own
+#: limit is 1,000 to 3,000, past which it drops calls that their callers see as CANCELLED.
+DEFAULT_MAX_PENDING_CALLS = 20_000
+#: The largest gRPC request message (grpc's own default, stated): a larger one is refused.
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+#: Keepalive enforcement (grpc's own defaults, stated): a client may ping no more often than
+#: this without a call in flight; pings with no call open are refused unless permitted; and a
+#: client that breaks the rule this many times is disconnected (GOAWAY ENHANCE_YOUR_CALM).
+DEFAULT_KEEPALIVE_MIN_PING_INTERVAL_SECONDS = 300.0
+DEFAULT_KEEPALIVE_PERMIT_WITHOUT_CALLS = False
+DEFAULT_KEEPALIVE_MAX_PING_STRIKES = 2
 ENV_PREFIX = "PRIVACY_GATEWAY_"
 
 #: The schemes whatsmeow dials through (client.go:317-340: http, https, socks5; anything else is
@@ -123,6 +136,20 @@ class GatewayConfig(_Strict):
     http_listen: HostPort | Literal[""] = DEFAULT_HTTP_LISTEN
     #: Calls a minute per token; 0 turns the limit off.
     rate_limit_per_minute: Annotated[int, Field(ge=0)] = DEFAULT_RATE_LIMIT_PER_MINUTE
+    #: Calls served at once, both edges together; one more is refused with TOO_MANY_CALLS
+    #: (RESOURCE_EXHAUSTED + RetryInfo; REST 429 + Retry-After). 0 turns the cap off.
+    max_concurrent_calls: Annotated[int, Field(ge=0)] = DEFAULT_MAX_CONCURRENT_CALLS
+    #: gRPC calls waiting for the gateway to pick them up; keep it above the largest burst.
+    max_pending_calls: Annotated[int, Field(ge=1)] = DEFAULT_MAX_PENDING_CALLS
+    #: The largest gRPC request message, in bytes.
+    max_message_bytes: Annotated[int, Field(ge=1024, le=2**31 - 1)] = DEFAULT_MAX_MESSAGE_BYTES
+    #: gRPC keepalive enforcement: see the README.
+    keepalive_min_ping_interval_seconds: Annotated[float, Field(gt=0)] = (
+        DEFAULT_KEEPALIVE_MIN_PING_INTERVAL_SECONDS
+    )
+    keepalive_permit_without_calls: bool = DEFAULT_KEEPALIVE_PERMIT_WITHOUT_CALLS
+    #: 0: a client that pings too often is never disconnected for it.
+    keepalive_max_ping_strikes: Annotated[int, Field(ge=0)] = DEFAULT_KEEPALIVE_MAX_PING_STRIKES
     #: How long in-flight calls may run on after SIGTERM or SIGINT.
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = DEFAULT_SHUTDOWN_GRACE_SECONDS
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -376,7 +403,17 @@ _ENV_KEYS = {
     "TLS_CERT_FILE": "tls_cert_file",
     "TLS_KEY_FILE": "tls_key_file",
     "TLS_CLIENT_CA_FILE": "tls_client_ca_file",
+    "MAX_CONCURRENT_CALLS": "max_concurrent_calls",
+    "MAX_PENDING_CALLS": "max_pending_calls",
+    "MAX_MESSAGE_BYTES": "max_message_bytes",
 }
+_INT_KEYS = (
+    "rate_limit_per_minute",
+    "stanza_threads",
+    "max_concurrent_calls",
+    "max_pending_calls",
+    "max_message_bytes",
+)
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
@@ -386,7 +423,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
         value: Any = env.get(ENV_PREFIX + suffix)
         if value is None:
             continue
-        if key in ("rate_limit_per_minute", "stanza_threads"):
+        if key in _INT_KEYS:
             value = _env_number(suffix, value, int)
         elif key == "shutdown_grace_seconds":
             value = _env_number(suffix, value, float)

@@ -28,9 +28,24 @@ SHOWN_CHARACTERS = 64
 
 
 def shown(value: object) -> str:
-    """``value`` as a message may echo it: its text, cut to a bounded length."""
+    """``value`` as a message or a log line may echo it: its text, cut to a bounded length, with
+    every character that is not printable (control characters, line breaks, lone surrogates from
+    bytes that were not UTF-8) written as its escape (``\\n``, ``\\x01``, ``\\udcff``).
+
+    At most ``SHOWN_CHARACTERS`` characters and an ellipsis, however long the value; showing a
+    shown value again changes nothing, so a value may pass through here twice.
+    """
     text = str(value)
-    return text if len(text) <= SHOWN_CHARACTERS else text[:SHOWN_CHARACTERS] + "..."
+    head = text[: SHOWN_CHARACTERS + 1]
+    if not head.isprintable():
+        head = "".join(c if c.isprintable() else _escaped(c) for c in head)
+    if len(text) <= SHOWN_CHARACTERS and len(head) <= SHOWN_CHARACTERS:
+        return head
+    return head[:SHOWN_CHARACTERS] + "..."
+
+
+def _escaped(character: str) -> str:
+    return character.encode("unicode_escape", "backslashreplace").decode("ascii")
 
 
 class Code(enum.Enum):
@@ -107,7 +122,9 @@ class UpdateFailed(GatewayError):
 @dataclass(frozen=True, slots=True)
 class Reason:
     """One entry of the catalogue. ``message`` is a ``str.format`` template; the values named in
-    ``metadata`` also go into ``ErrorInfo.metadata``."""
+    ``metadata`` also go into ``ErrorInfo.metadata``, and are ``shown()`` in both (an instance
+    name, an operation id: what a caller sent comes back bounded, whoever made the error). A
+    value the message alone shows is ``shown()`` by whoever passes it, when a caller sent it."""
 
     name: str
     code: Code
@@ -155,7 +172,10 @@ class Reason:
         extra: Mapping[str, str] | None,
         values: Mapping[str, Any],
     ) -> dict[str, Any]:
-        metadata = {key: str(values[key]) for key in self.metadata}
+        # What ErrorInfo's metadata names is what a caller sent or a name it can act on: each is
+        # shown bounded, in the message and the metadata alike, however the caller spelled it.
+        values = {**values, **{key: shown(values[key]) for key in self.metadata}}
+        metadata = {key: values[key] for key in self.metadata}
         if extra:
             metadata.update(extra)
         return {
@@ -425,6 +445,32 @@ INTERRUPTED = _reason(
 INTERNAL = _reason(
     "INTERNAL", _Bug, 500, "internal error: {detail}", "a fault in the gateway itself (a bug)"
 )
+
+# -- hostile input and limits ------------------------------------------------------------------
+MALFORMED_REQUEST = _reason(
+    "MALFORMED_REQUEST", _Inv, 400, "The request is not a valid {message} message",
+    "a request message that cannot be parsed as its type (a string field that is not UTF-8 "
+    "included)", edges=Edge.GRPC,
+)  # fmt: skip
+TOO_MANY_CALLS = _reason(
+    "TOO_MANY_CALLS", _Full, 429, "Too many calls in progress: at most {limit} at once",
+    "more calls in progress than `max_concurrent_calls`, gRPC and REST together; an open stream "
+    "counts until it ends (+ RetryInfo; REST Retry-After)", metadata=("limit",),
+)  # fmt: skip
+MALFORMED_HTTP_REQUEST = _reason(
+    "MALFORMED_HTTP_REQUEST", _Inv, 400, "Malformed HTTP request: {detail}",
+    "a request the HTTP parser refuses: a control character in a header (the token's included), "
+    "a repeated Content-Type or Content-Length, Content-Length with Transfer-Encoding, a broken "
+    "chunked body, a method HTTP does not know", edges=Edge.REST,
+)  # fmt: skip
+REQUEST_LINE_TOO_LONG = _reason(
+    "REQUEST_LINE_TOO_LONG", _Inv, 414, "Request line exceeds {limit} bytes",
+    "a request line (method, path and query string) over 8190 bytes", edges=Edge.REST,
+)  # fmt: skip
+HEADERS_TOO_LARGE = _reason(
+    "HEADERS_TOO_LARGE", _Inv, 431, "Request headers too large: {detail}",
+    "a header over 8192 bytes (name and value), or more than 128 headers", edges=Edge.REST,
+)  # fmt: skip
 
 
 def no_settings() -> GatewayError:

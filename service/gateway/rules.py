@@ -18,7 +18,7 @@ from service.errors import Violation, shown
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
-_WHOLE_NUMBER = re.compile(r"^[+-]?[0-9]{1,9}$")
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,9}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +71,7 @@ def page_size(value: int | str | None, names: WireNames) -> int:
     """One rule for both edges (AIP-158): none or 0 is 20, over 100 is 100, negative or not a
     whole number is a mistake."""
     if isinstance(value, str):
-        if not _WHOLE_NUMBER.match(value):
+        if not _WHOLE_NUMBER.fullmatch(value):
             raise _bad_page_size(value, names)
         value = int(value)
     if value is None or value == 0:
@@ -89,14 +89,14 @@ def _bad_page_size(value: object, names: WireNames) -> errors.GatewayError:
     )
 
 
-_PHONE = re.compile(r"^[1-9][0-9]{6,14}$")
+_PHONE = re.compile(r"[1-9][0-9]{6,14}")
 
 
 def phone(value: str | None) -> str | None:
     """A pairing phone number: international format, digits only; none pairs by QR code."""
     if not value:
         return None
-    if not _PHONE.match(value):
+    if not _PHONE.fullmatch(value):
         raise errors.INVALID_PHONE.error(
             violations=(Violation("phone", "7 to 15 digits, not starting with 0"),)
         )

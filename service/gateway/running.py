@@ -7,10 +7,12 @@ import logging
 from dataclasses import dataclass, field
 
 from service.auth import Principal, TokenRegistry
+from service.config import DEFAULT_MAX_CONCURRENT_CALLS
 from service.errors import GatewayError
 from service.gateway.caller import Caller
 from service.gateway.rules import WireNames
 from service.instances import InstanceDirectory
+from service.limits import CallLimiter, TransportLimits
 from service.operations import Operations
 from service.ratelimit import RateLimiter
 from service.sessions.base import SettingsChange
@@ -31,6 +33,11 @@ class Gateway:
     blocking: BlockingCalls | None = None
     #: The open watch streams' queues, ended (``None``) when the gateway stops.
     watches: set[asyncio.Queue[SettingsChange | None]] = field(default_factory=set)
+    #: The calls being served, both edges together (``max_concurrent_calls``); an edge holds a
+    #: place for each call (``calls.held()``) before it admits the caller.
+    calls: CallLimiter = field(default_factory=lambda: CallLimiter(DEFAULT_MAX_CONCURRENT_CALLS))
+    #: What the servers enforce themselves (message sizes, keepalive, grpc's queue).
+    limits: TransportLimits = field(default_factory=TransportLimits)
 
     def admit(self, token: str | None, names: WireNames) -> Caller:
         """The caller holding ``token``, counted against its rate limit; raises the

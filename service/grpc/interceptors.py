@@ -1,22 +1,32 @@
 """Authentication, rate limiting and error mapping around every gateway RPC.
 
 The interceptor wraps each handler of the gateway's own services (not health or reflection, which
-probes and tools call without a token) so that, in the handler's own task, it authenticates the
-``token`` metadata and counts the call against that token's rate limit (``Gateway.admit``),
-exposes the admitted caller through ``current_caller``, and turns any ``GatewayError`` the
-handler raises into a rich status. The servicers therefore only raise domain errors and never
-build a status themselves.
+probes and tools call without a token) so that, in the handler's own task, it takes a place among
+the calls in progress (``Gateway.calls``: TOO_MANY_CALLS past ``max_concurrent_calls``, held
+until a stream ends), authenticates the ``token`` metadata and counts the call against that
+token's rate limit (``Gateway.admit``), exposes the admitted caller through ``current_caller``,
+and turns any ``GatewayError`` the handler raises into a rich status. The servicers therefore
+only raise domain errors and never build a status themselves.
+
+A request message that cannot be parsed is a caller's mistake too. grpc deserializes the request
+before the handler runs and, when the deserializer raises, answers UNKNOWN and logs a traceback
+(``_handle_exceptions`` in grpc's ``_cygrpc/aio/server.pyx.pxi``: "Unexpected [DecodeError]
+raised by servicer method"). So the handler's deserializer is wrapped: a message that does not
+parse becomes a ``Malformed`` stand-in, and the guarded handler, once the caller is admitted,
+answers it INVALID_ARGUMENT MALFORMED_REQUEST like any other mistake.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
 import grpc
 from grpc import aio
 
+from service import errors
 from service.errors import GatewayError
 from service.gateway import GRPC, Caller, Gateway, log_refusal
 from service.grpc.status import to_status
@@ -31,8 +41,32 @@ StreamBehavior = Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[An
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """What a request that did not parse is handed to the handler as."""
+
+    message_type: str
+
+
+def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer``, returning ``Malformed`` where it would raise (see the module's doc)."""
+    if deserializer is None:
+        return None
+    owner = getattr(deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    message_type = str(getattr(descriptor, "full_name", "request"))
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception:  # DecodeError, and whatever else a parser may raise on hostile bytes
+            return Malformed(message_type)
+
+    return deserialize
+
+
 class GuardInterceptor(aio.ServerInterceptor):
-    """Token auth, per-token rate limit and error mapping for the gateway's services."""
+    """Call limit, token auth, per-token rate limit and error mapping for the gateway's services."""
 
     def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
@@ -49,30 +83,33 @@ class GuardInterceptor(aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._guard_unary(cast(UnaryBehavior, handler.unary_unary), method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._guard_stream(cast(StreamBehavior, handler.unary_stream), method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         raise NotImplementedError(f"{method}: client-streaming methods are not guarded")
 
-    def _admit(self, context: aio.ServicerContext[Any, Any]) -> None:
+    def _admit(self, request: Any, context: aio.ServicerContext[Any, Any]) -> None:
         token = None
         for key, value in context.invocation_metadata() or ():
             if key == TOKEN_METADATA_KEY:
-                token = value if isinstance(value, str) else value.decode()
+                token = value if isinstance(value, str) else value.decode(errors="surrogateescape")
                 break
         current_caller.set(self._gateway.admit(token, GRPC))
+        if isinstance(request, Malformed):
+            raise errors.MALFORMED_REQUEST.error(message=request.message_type)
 
     def _guard_unary(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
         async def guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             try:
-                self._admit(context)
-                return await behavior(request, context)
+                with self._gateway.calls.held():
+                    self._admit(request, context)
+                    return await behavior(request, context)
             except GatewayError as error:
                 await _abort(context, method, error)
 
@@ -83,9 +120,10 @@ class GuardInterceptor(aio.ServerInterceptor):
             request: Any, context: aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             try:
-                self._admit(context)
-                async for response in behavior(request, context):
-                    yield response
+                with self._gateway.calls.held():
+                    self._admit(request, context)
+                    async for response in behavior(request, context):
+                        yield response
             except GatewayError as error:
                 await _abort(context, method, error)
 

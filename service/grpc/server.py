@@ -19,6 +19,7 @@ from service.gateway import Gateway
 from service.grpc.instance_servicer import InstanceServicer
 from service.grpc.interceptors import GuardInterceptor
 from service.grpc.privacy_servicer import PrivacyServicer
+from service.limits import TransportLimits
 from service.listen import bind_error, listen_error
 from service.proto.wagateway.privacy.v1 import instance_service_pb2 as instance_pb
 from service.proto.wagateway.privacy.v1 import instance_service_pb2_grpc as instance_grpc
@@ -81,7 +82,10 @@ def bind_server(gateway: Gateway, address: str, tls: ServerTls | None = None) ->
     certificate it signed). Raises ``ListenError`` (one line, naming the port) when ``address``
     is taken.
     """
-    server = aio.server(interceptors=[GuardInterceptor(gateway)], options=[EXCLUSIVE_PORT])
+    server = aio.server(
+        interceptors=[GuardInterceptor(gateway)],
+        options=[EXCLUSIVE_PORT, *grpc_options(gateway.limits)],
+    )
     privacy = PrivacyServicer(gateway)
     pb_grpc.add_PrivacyServiceServicer_to_server(privacy, server)
     instance_grpc.add_InstanceServiceServicer_to_server(InstanceServicer(), server)
@@ -101,6 +105,38 @@ def server_credentials(tls: ServerTls) -> grpc.ServerCredentials:
         root_certificates=tls.client_ca,
         require_client_auth=tls.mutual,
     )
+
+
+def grpc_options(limits: TransportLimits) -> list[tuple[str, int]]:
+    """The configuration's limits as grpc's server options (``service.config`` says each one).
+
+    - ``grpc.max_receive_message_length``: a larger request message is refused by grpc itself,
+      RESOURCE_EXHAUSTED "Received message larger than max", before the gateway sees it.
+    - ``grpc.server.max_pending_requests`` and its ``_hard_limit``: how many calls grpc holds
+      that have arrived but that the gateway's loop has not yet picked up (grpc's aio server asks
+      core for one call per method at a time, so a burst waits there). grpc's defaults, 1,000 and
+      3,000 (``pending_backlog_protector_``, a RandomEarlyDetection, in grpc's
+      src/core/server/server.h), drop calls at random past 1,000 and all past 3,000, and a
+      dropped call ends CANCELLED, which its caller cannot tell from its own cancel (3,000 calls
+      at once: about 700 CANCELLED). With both at ``max_pending_calls`` the burst reaches the
+      gateway, whose ``max_concurrent_calls`` answers the excess at once with TOO_MANY_CALLS and
+      a retry hint, so the queue drains as fast as it fills.
+    - keepalive enforcement: ``grpc.http2.min_ping_interval_without_data_ms``,
+      ``grpc.keepalive_permit_without_calls`` and ``grpc.http2.max_ping_strikes``; a client that
+      pings more often than allowed is sent GOAWAY (ENHANCE_YOUR_CALM, "too_many_pings") after
+      that many strikes.
+    """
+    return [
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.server.max_pending_requests", limits.max_pending_calls),
+        ("grpc.server.max_pending_requests_hard_limit", limits.max_pending_calls),
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            round(limits.keepalive_min_ping_interval_seconds * 1000),
+        ),
+        ("grpc.keepalive_permit_without_calls", int(limits.keepalive_permit_without_calls)),
+        ("grpc.http2.max_ping_strikes", limits.keepalive_max_ping_strikes),
+    ]
 
 
 def _add_port(server: aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:

@@ -11,9 +11,11 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial, wraps
 from typing import Any
 
 from aiohttp import hdrs, web
+from aiohttp.web_protocol import RequestPayloadError
 
 from service import errors
 from service.auth import Principal
@@ -37,10 +39,11 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 def create_app(gateway: Gateway) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_envelope_errors])
     api = PrivacyApi(gateway)
-    app.router.add_post(PRIVACY_PATH, api.update)
-    app.router.add_get(PRIVACY_PATH, api.get)
-    app.router.add_get(f"{PRIVACY_PATH}/operations", api.list_operations)
-    app.router.add_get(f"{PRIVACY_PATH}/operations/{{operation_id}}", api.get_operation)
+    counted = partial(_counted, gateway)
+    app.router.add_post(PRIVACY_PATH, counted(api.update))
+    app.router.add_get(PRIVACY_PATH, counted(api.get))
+    app.router.add_get(f"{PRIVACY_PATH}/operations", counted(api.list_operations))
+    app.router.add_get(f"{PRIVACY_PATH}/operations/{{operation_id}}", counted(api.get_operation))
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/healthz", _healthz)
     return app
@@ -99,6 +102,19 @@ class PrivacyApi:
         return caller
 
 
+def _counted(gateway: Gateway, handler: Handler) -> Handler:
+    """``handler`` holding a place among the calls in progress (``max_concurrent_calls``, shared
+    with gRPC) for as long as it runs, a stream's included; TOO_MANY_CALLS when there is none.
+    The place is taken before the token is looked at, as on gRPC."""
+
+    @wraps(handler)
+    async def counted(request: web.Request) -> web.StreamResponse:
+        with gateway.calls.held():
+            return await handler(request)
+
+    return counted
+
+
 def _instance(request: web.Request) -> str:
     return request.match_info["instance"]
 
@@ -114,6 +130,12 @@ async def _json_body(request: web.Request) -> Any:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise errors.BODY_TOO_LARGE.error(limit=MAX_BODY_BYTES) from exc
+    except RequestPayloadError as exc:
+        # The body's framing broke after the headers were read (a chunk size that is not hex, a
+        # body compressed wrong): the parser's reason, which quotes none of the body.
+        raise errors.MALFORMED_HTTP_REQUEST.error(
+            detail="the body is not framed as declared"
+        ) from exc
     return request_body.parse_json(raw)
 
 
@@ -144,7 +166,7 @@ async def _envelope_errors(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except GatewayError as error:
-        log_refusal(f"{request.method} {request.path}", request.get(PRINCIPAL), error)
+        log_refusal(_call_name(request), request.get(PRINCIPAL), error)
         headers = {}
         if error.retry_after_whole_seconds is not None:
             headers["Retry-After"] = str(error.retry_after_whole_seconds)
@@ -156,6 +178,14 @@ async def _envelope_errors(request: web.Request, handler: Handler) -> web.Stream
         refusal = responses.http_refusal(exc.status, exc.reason)
         body = responses.error_body(refusal)
         return web.json_response(body, status=exc.status, headers=_allow(exc))
+
+
+def _call_name(request: web.Request) -> str:
+    """The call as a log line names it: the method and the route's template, never the path a
+    caller sent (``/api/profile/privacy/{instance}``: a name may be 8 KB, or hold a newline)."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "(no route)"
+    return f"{request.method} {route}"
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str]:

@@ -2,7 +2,11 @@
 
 The REST counterpart of ``service.grpc.server``: the port is bound without ``SO_REUSEPORT``, so
 that a second gateway cannot share it, and a port that cannot be bound is a one-line
-``ListenError`` naming it and ``--http-listen``.
+``ListenError`` naming it and ``--http-listen``. Connections are handled by
+``service.http.protocol``'s ``GatewayRunner``, so that what aiohttp's parser refuses (a header
+with a control character, a request line or a header too long, Content-Length with
+Transfer-Encoding...) is answered in the contract's envelope too, and logged without the
+request's text.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from aiohttp import web
 from service.config import DEFAULT_SHUTDOWN_GRACE_SECONDS
 from service.gateway import Gateway
 from service.http.app import create_app
+from service.http.protocol import GatewayRunner, quiet_aiohttp_server_log, server_limits
 from service.listen import host_and_port, listen_error
 
 
@@ -29,11 +34,13 @@ class HttpServer:
         """``ssl_context`` (``service.tls.ServerTls``'s) makes the port speak HTTPS only."""
         # ``handler_cancellation``: a client that hangs up cancels its handler, so that an update
         # it started stops as a gRPC caller's does (aiohttp lets handlers run on by default).
-        self._runner = web.AppRunner(
+        quiet_aiohttp_server_log()
+        self._runner: web.AppRunner = GatewayRunner(
             create_app(gateway),
             access_log=None,
             shutdown_timeout=shutdown_timeout,
             handler_cancellation=True,
+            **server_limits(),
         )
         self._ssl_context = ssl_context
         self.port = 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -45,6 +46,9 @@ from service.operations.record import (
 from service.settings import Settings
 
 T = TypeVar("T")
+#: The longest page token this journal hands out is well under this (a float and an id).
+MAX_PAGE_TOKEN_CHARS = 256
+MAX_OPERATION_ID_CHARS = 64
 _SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
 
 
@@ -302,11 +306,27 @@ def encode_page_token(started_at: float, operation_id: str) -> str:
 
 
 def decode_page_token(token: str) -> tuple[float, str]:
-    """Raises ValueError for a token this journal did not make."""
-    try:
-        started_at, operation_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, TypeError) as exc:
-        raise ValueError("invalid page_token") from exc
-    if not isinstance(started_at, int | float) or not isinstance(operation_id, str):
+    """Raises ValueError for a token this journal did not make, whatever was sent.
+
+    A token is short (``MAX_PAGE_TOKEN_CHARS``): a longer one is refused before it is decoded,
+    so that no caller can make the decoder work hard (a JSON document nested thousands deep, a
+    number of thousands of digits). Every way decoding can fail (not base64, not UTF-8, not
+    JSON, nested too deep, a number too large for a float) is the same ValueError, as is a
+    decoded token of the wrong shape: not ``[finite number, id]``.
+    """
+    if len(token) > MAX_PAGE_TOKEN_CHARS:
         raise ValueError("invalid page_token")
-    return float(started_at), operation_id
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+        started_at, operation_id = decoded
+        if isinstance(started_at, bool) or not isinstance(started_at, int | float):
+            raise TypeError(started_at)
+        started = float(started_at)
+    except (ValueError, TypeError, RecursionError, OverflowError) as exc:
+        # ValueError covers binascii.Error, UnicodeError and json's JSONDecodeError.
+        raise ValueError("invalid page_token") from exc
+    if not math.isfinite(started) or not isinstance(operation_id, str):
+        raise ValueError("invalid page_token")
+    if len(operation_id) > MAX_OPERATION_ID_CHARS:
+        raise ValueError("invalid page_token")
+    return started, operation_id

@@ -8,6 +8,7 @@ catalogue gives that reason, and must change nothing on WhatsApp.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,8 @@ WIRE_NAMES = {
 LAST_SEEN_NONE = visibility(last_seen=spb.VISIBILITY_VALUE_NONE)
 LAST_SEEN_NONE_BODY = {"visibility": {"lastSeen": "none"}}
 KEY = "0b8e7c4e-3f0a-4d6e-9a53-2f1c7d9b6a10"
+INFINITE_TOKEN = base64.urlsafe_b64encode(b'[1e999, "x"]').decode()
+NOT_UTF8_TOKEN = base64.urlsafe_b64encode(b"\xff\xfe[1, 2]").decode()
 
 GrpcMistake = Callable[[Harness], Awaitable[Any]]
 RestMistake = Callable[[Rest], Awaitable[Reply]]
@@ -129,6 +132,27 @@ MISTAKES = {
         _list(page_token="not-a-page-token"),
         lambda r: r.get("sales", tail="/operations?pageToken=not-a-page-token"),
     ),
+    "a page token too long to be one": Mistake(
+        "INVALID_PAGE_TOKEN",
+        _list(page_token="W" * 300),
+        lambda r: r.get("sales", tail="/operations?pageToken=" + "W" * 300),
+    ),
+    "a page token with an infinite time": Mistake(
+        "INVALID_PAGE_TOKEN",
+        _list(page_token=INFINITE_TOKEN),
+        lambda r: r.get("sales", tail="/operations?pageToken=" + INFINITE_TOKEN),
+    ),
+    "a page token that is not UTF-8": Mistake(
+        "INVALID_PAGE_TOKEN",
+        _list(page_token=NOT_UTF8_TOKEN),
+        lambda r: r.get("sales", tail="/operations?pageToken=" + NOT_UTF8_TOKEN),
+    ),
+    "an instance name of 6 KB": Mistake(
+        "INSTANCE_NOT_FOUND", _get("x" * 6000), lambda r: r.get("x" * 6000)
+    ),
+    "an instance name with a line break": Mistake(
+        "INSTANCE_NOT_FOUND", _get("sales\nx"), lambda r: r.get("sales%0Ax")
+    ),
     "an unknown operation": Mistake(
         "OPERATION_NOT_FOUND",
         lambda h: h.stub.GetUpdateOperation(
@@ -203,10 +227,27 @@ async def test_the_rate_limit_is_the_same_answer(make_gateway: GatewayFactory) -
     assert reply.headers["Retry-After"].isdigit()
 
 
+async def test_too_many_calls_at_once_is_the_same_answer(make_gateway: GatewayFactory) -> None:
+    """One cap on calls in progress across both edges: an open gRPC watch holds the only place."""
+    harness: Harness = await make_gateway(max_concurrent_calls=1)
+    watch = harness.stub.WatchPrivacySettings(
+        pb.WatchPrivacySettingsRequest(instance="sales"), metadata=harness.metadata()
+    )
+    await watch.read()
+    async with serving(harness) as rest:
+        grpc_answer = await _grpc_answer(_get()(harness))
+        reply = await rest.get("sales", token=ACME_TOKEN)
+    watch.cancel()
+
+    _assert_same("TOO_MANY_CALLS", grpc_answer, reply)
+    assert reply.headers["Retry-After"] == "1"
+
+
 def test_every_reason_both_edges_share_has_a_row_here_or_is_an_updates_end() -> None:
     """The table covers what a caller can get wrong on both edges; the rest of the shared
     reasons are how an update ends (WhatsApp's answers, halts), which no caller mistake makes."""
-    covered = {m.reason for m in MISTAKES.values()} | {"INSTANCE_NOT_CONNECTED", "RATE_LIMITED"}
+    covered = {m.reason for m in MISTAKES.values()}
+    covered |= {"INSTANCE_NOT_CONNECTED", "RATE_LIMITED", "TOO_MANY_CALLS"}
     shared = {r.name for r in errors.CATALOGUE.values() if r.edges is errors.Edge.BOTH}
     caller_mistakes = {
         r.name

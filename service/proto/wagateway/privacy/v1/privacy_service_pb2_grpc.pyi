@@ -9,7 +9,9 @@ of its account's instances; an instance token only on its own instance.
 Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer with details:
 `google.rpc.BadRequest` for invalid arguments, `google.rpc.ErrorInfo` (domain
 `privacy-gateway`, an UPPER_SNAKE `reason`, and metadata) for every other error, and
-`google.rpc.RetryInfo` when the rate limit is exceeded.
+`google.rpc.RetryInfo` when the rate limit or the cap on calls in progress is exceeded. A
+request message over the gateway's `max_message_bytes` is refused by grpc itself
+(RESOURCE_EXHAUSTED, without details), as is metadata over grpc's limit.
 
 | status              | reason                 | when
 |---------------------|------------------------|------
@@ -41,6 +43,8 @@ Errors carry a `google.rpc.Status` in the `grpc-status-details-bin` trailer with
 | UNAVAILABLE         | JOURNAL_UNAVAILABLE    | the journal cannot take writes (nothing was sent), or still owes an earlier update's outcome for the instance (+ RetryInfo)
 | UNAVAILABLE         | INTERRUPTED            | a retry of an update the previous gateway process was stopped in the middle of
 | INTERNAL            | INTERNAL               | a fault in the gateway itself (a bug)
+| INVALID_ARGUMENT    | MALFORMED_REQUEST      | a request message that cannot be parsed as its type (a string field that is not UTF-8 included)
+| RESOURCE_EXHAUSTED  | TOO_MANY_CALLS         | more calls in progress than `max_concurrent_calls`, gRPC and REST together; an open stream counts until it ends (+ RetryInfo; REST Retry-After)
 """
 
 from collections import abc as _abc
