@@ -9,6 +9,7 @@ from service.auth import Principal, Scope, TokenRegistry
 from service.config import GatewayConfig, InstanceConfig
 from service.gateway import Gateway
 from service.instances import Instance, InstanceDirectory
+from service.observability import Metrics
 from service.operations import Operations
 from service.ratelimit import RateLimiter
 from service.sessions.base import Session
@@ -40,8 +41,11 @@ def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gate
     limiter = RateLimiter(config.rate_limit_per_minute)
     retention = config.journal_retention_days * 86400
     journal = Path(config.data_dir) / "journal.db"
-    operations = Operations(journal, retention, fsync=config.journal_fsync)
-    return Gateway(instances, TokenRegistry(principals), limiter, operations, blocking)
+    metrics = Metrics(instances)
+    operations = Operations(journal, retention, fsync=config.journal_fsync, metrics=metrics)
+    return Gateway(
+        instances, TokenRegistry(principals), limiter, operations, blocking, metrics=metrics
+    )
 
 
 class WhatsAppSessions:

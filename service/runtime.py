@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from service.gateway import Gateway
 from service.grpc.server import RunningServer, bind_server
+from service.http.metrics import MetricsServer
 from service.http.server import HttpServer
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ class Endpoints:
 
     grpc_port: int
     http_port: int | None
+    #: ``/metrics``'s own port (``metrics_listen``); None when it is on the REST port or off.
+    metrics_port: int | None = None
 
 
 async def serve_until_signalled(
@@ -35,18 +38,29 @@ async def serve_until_signalled(
     http_address: str | None,
     grace: float,
     on_ready: Callable[[Endpoints], None] | None = None,
+    *,
+    metrics_address: str | None = None,
 ) -> None:
-    # gRPC serves only once REST is bound too, and the journal and the sessions start only after
-    # both: a port that is taken (ListenError) leaves nothing running behind it.
+    """``metrics_address``: ``/metrics`` on a port of its own; None: on the REST port."""
+    # gRPC serves only once REST (and metrics) are bound too, and the journal and the sessions
+    # start only after them all: a port that is taken (ListenError) leaves nothing running.
     grpc_server: RunningServer = bind_server(gateway, grpc_address)
     http_server: HttpServer | None = None
-    if http_address:
-        http_server = HttpServer(gateway, shutdown_timeout=grace)
-        try:
+    metrics_server: MetricsServer | None = None
+    try:
+        if http_address:
+            http_server = HttpServer(
+                gateway, shutdown_timeout=grace, metrics=metrics_address is None
+            )
             await http_server.start(http_address)
-        except BaseException:
-            await grpc_server.stop(None)
-            raise
+        if metrics_address:
+            metrics_server = MetricsServer(gateway.metrics)
+            await metrics_server.start(metrics_address)
+    except BaseException:
+        if http_server is not None and http_server.port:
+            await http_server.stop()
+        await grpc_server.stop(None)
+        raise
     await grpc_server.start()
     await gateway.start()
     # What is alive once started (modules, descriptors, the configuration, the instances) lives
@@ -58,9 +72,17 @@ async def serve_until_signalled(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     if on_ready is not None:
-        on_ready(Endpoints(grpc_server.port, http_server.port if http_server else None))
+        on_ready(
+            Endpoints(
+                grpc_server.port,
+                http_server.port if http_server else None,
+                metrics_server.port if metrics_server else None,
+            )
+        )
     await stop.wait()
     log.info("shutting down: in-flight calls have %.1f s to finish", grace)
     await asyncio.gather(grpc_server.stop(grace), *([http_server.stop()] if http_server else []))
     await gateway.close()
+    if metrics_server is not None:
+        await metrics_server.stop()
     log.info("stopped")

@@ -5,11 +5,13 @@ probes and tools call without a token) so that, in the handler's own task, it au
 ``token`` metadata and counts the call against that token's rate limit (``Gateway.admit``),
 exposes the admitted caller through ``current_caller``, and turns any ``GatewayError`` the
 handler raises into a rich status. The servicers therefore only raise domain errors and never
-build a status themselves.
+build a status themselves. Each call is also recorded (``service.observability.calls``): counted
+and logged as one line once it ends, a stream once its last message is sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, TypeAlias, cast
@@ -18,8 +20,10 @@ import grpc
 from grpc import aio
 
 from service.errors import GatewayError
-from service.gateway import GRPC, Caller, Gateway, log_refusal
+from service.gateway import GRPC, Caller, Gateway
 from service.grpc.status import to_status
+from service.observability import calls
+from service.observability.calls import Call
 
 GUARDED_PREFIX = "/wagateway."
 TOKEN_METADATA_KEY = "token"
@@ -60,21 +64,35 @@ class GuardInterceptor(aio.ServerInterceptor):
             )
         raise NotImplementedError(f"{method}: client-streaming methods are not guarded")
 
-    def _admit(self, context: aio.ServicerContext[Any, Any]) -> None:
+    def _begin(self, method: str, request: Any) -> Call:
+        # Every guarded request but ListInstances names an instance.
+        instance = getattr(request, "instance", None)
+        return calls.begin("grpc", method, instance, self._gateway.instances)
+
+    def _admit(self, context: aio.ServicerContext[Any, Any], call: Call) -> None:
         token = None
         for key, value in context.invocation_metadata() or ():
             if key == TOKEN_METADATA_KEY:
                 token = value if isinstance(value, str) else value.decode()
                 break
-        current_caller.set(self._gateway.admit(token, GRPC))
+        caller = self._gateway.admit(token, GRPC)
+        call.admitted(caller.principal)
+        current_caller.set(caller)
 
     def _guard_unary(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
         async def guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            call = self._begin(method, request)
             try:
-                self._admit(context)
+                self._admit(context, call)
                 return await behavior(request, context)
             except GatewayError as error:
-                await _abort(context, method, error)
+                call.failed(error)
+                await _abort(context, error)
+            except BaseException as exc:
+                call.interrupted(exc, _ended_by(exc, context))
+                raise
+            finally:
+                calls.finish(call, self._gateway.metrics)
 
         return guarded
 
@@ -82,18 +100,33 @@ class GuardInterceptor(aio.ServerInterceptor):
         async def guarded(
             request: Any, context: aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
+            call = self._begin(method, request)
             try:
-                self._admit(context)
+                self._admit(context, call)
                 async for response in behavior(request, context):
                     yield response
             except GatewayError as error:
-                await _abort(context, method, error)
+                call.failed(error)
+                await _abort(context, error)
+            except BaseException as exc:
+                call.interrupted(exc, _ended_by(exc, context))
+                raise
+            finally:
+                calls.finish(call, self._gateway.metrics)
 
         return guarded
 
 
-async def _abort(context: aio.ServicerContext[Any, Any], method: str, error: GatewayError) -> None:
-    caller = current_caller.get(None)
-    log_refusal(method, caller.principal if caller else None, error)
+async def _abort(context: aio.ServicerContext[Any, Any], error: GatewayError) -> None:
     status = to_status(error)
     await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _ended_by(exc: BaseException, context: aio.ServicerContext[Any, Any]) -> str:
+    """The status of a call its handler did not answer: the caller left, its deadline passed,
+    or the handler raised what grpc reports as UNKNOWN."""
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        return calls.DEADLINE_EXCEEDED if expired else calls.CANCELLED
+    return grpc.StatusCode.UNKNOWN.name

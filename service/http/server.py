@@ -19,12 +19,17 @@ class HttpServer:
     """The REST surface on ``host:port``, in the running event loop."""
 
     def __init__(
-        self, gateway: Gateway, shutdown_timeout: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
+        self,
+        gateway: Gateway,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_GRACE_SECONDS,
+        *,
+        metrics: bool = True,
     ) -> None:
+        """``metrics``: serve ``/metrics`` on this port too (off when it has one of its own)."""
         # ``handler_cancellation``: a client that hangs up cancels its handler, so that an update
         # it started stops as a gRPC caller's does (aiohttp lets handlers run on by default).
         self._runner = web.AppRunner(
-            create_app(gateway),
+            create_app(gateway, metrics=metrics),
             access_log=None,
             shutdown_timeout=shutdown_timeout,
             handler_cancellation=True,

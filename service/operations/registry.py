@@ -19,10 +19,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from service import engine, errors
-from service.engine import SHUTTING_DOWN, Plan
+from service.engine import SHUTTING_DOWN, Event, Plan, Snapshot
 from service.errors import GatewayError, shown
 from service.instances import Instance
 
@@ -33,6 +33,9 @@ from service.operations.journaling import OperationJournal
 from service.operations.operation import Operation, UpdateRequest
 from service.operations.record import OperationError, OperationRecord, OperationState
 from service.operations.replay import replayed
+
+if TYPE_CHECKING:
+    from service.observability import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,9 +48,16 @@ class Operations:
     """Starts, journals, finds and replays operations."""
 
     def __init__(
-        self, journal_path: Path, retention_seconds: float, *, fsync: bool = False
+        self,
+        journal_path: Path,
+        retention_seconds: float,
+        *,
+        fsync: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self._journal_path = journal_path
+        #: Counts updates, their stanzas and the journal's commits (None: nothing is counted).
+        self._metrics = metrics
         self._fsync = fsync
         self._journal: journal_store.Journal | None = None
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="journal-reader")
@@ -67,6 +77,11 @@ class Operations:
         open_journal = partial(journal_store.Journal, self._journal_path, fsync=self._fsync)
         self._journal = await self._off_loop(open_journal)
         self._journal.on_commit = self._journal_committed
+        if self._metrics is not None:
+            self._journal.commit_timers = (
+                self._metrics.commit_on_loop,
+                self._metrics.commit_on_writer,
+            )
         interrupted = await self._journal.mark_interrupted()
         if interrupted:
             log.warning("%d update(s) were interrupted by the previous stop", interrupted)
@@ -139,6 +154,8 @@ class Operations:
     async def _run(self, operation: Operation, deadline: float | None) -> None:
         request = operation.request
         journal = OperationJournal(self.journal, operation)
+        counted = self._metrics.journaled if self._metrics is not None else None
+        event: Event | None = None
         try:
             events = engine.update(
                 operation.instance,
@@ -157,6 +174,8 @@ class Operations:
                         await written
                     if operation.publish(event, written):
                         self._unjournaled.add(operation)
+                    if written is not None and counted is not None:
+                        counted(event)
             await journal.flushed()
         except GatewayError as refused:
             # Refused before the plan (not connected...): nothing was sent or journaled.
@@ -168,6 +187,8 @@ class Operations:
                 ending = OperationError(crash.code, crash.reason, crash.message)
                 with contextlib.suppress(Exception):
                     await self.journal.finish(operation.id, OperationState.FAILED, None, ending)
+                if self._metrics is not None and not isinstance(event, Snapshot):
+                    self._metrics.update_ended(OperationState.FAILED)
             operation.end(crash)
         finally:
             self._running.pop((operation.instance.name, operation.id), None)
