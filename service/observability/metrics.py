@@ -5,7 +5,8 @@ would share, and collide on, its names. Every name starts with ``privacy_gateway
 
 - ``calls_total{method,code}``: calls by method (the gRPC full method, or REST's
   ``METHOD /route-template``) and status code (the gRPC code's name on both edges);
-- ``updates_total{outcome}``: journaled updates by how they ended (``OperationState``);
+- ``updates_total{outcome}``: journaled updates by how they ended (``OperationState``; those a
+  killed predecessor left running count as INTERRUPTED when the journal opens);
 - ``stanzas_total{field,result}``: each field's final events (``FieldState``, lower case);
 - ``stanza_seconds{field}``: the round trip of each stanza that was answered or timed out;
 - ``instances{state}``: instances by session state, read at scrape time;
@@ -123,8 +124,9 @@ class Metrics:
             error = event.error
             self.update_ended(OperationState.ended_by(error.code if error is not None else None))
 
-    def update_ended(self, outcome: OperationState) -> None:
-        self._outcomes[outcome].inc()
+    def update_ended(self, outcome: OperationState, count: int = 1) -> None:
+        """``count`` updates ended so (INTERRUPTED: found so by the next start)."""
+        self._outcomes[outcome].inc(count)
 
 
 class InstanceStates:

@@ -85,6 +85,8 @@ class Operations:
         interrupted = await self._journal.mark_interrupted()
         if interrupted:
             log.warning("%d update(s) were interrupted by the previous stop", interrupted)
+            if self._metrics is not None:
+                self._metrics.update_ended(OperationState.INTERRUPTED, interrupted)
         self._upkeep = [
             asyncio.create_task(self._purge_periodically(), name="journal-purge"),
             asyncio.create_task(self._checkpoint_periodically(), name="journal-checkpoint"),

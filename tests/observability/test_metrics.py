@@ -5,15 +5,21 @@ commits; each gateway counts only its own; and ``metrics_listen`` moves it to a 
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import aiohttp
 import grpc
 import pytest
 from prometheus_client import generate_latest
 
 from service.auth import hash_token
+from service.engine import FailurePolicy
 from service.http.metrics import MetricsServer
 from service.http.server import HttpServer
+from service.journal import Journal
 from service.listen import ListenError
+from service.operations import OperationRecord, OperationState
 from service.proto.wagateway.privacy.v1 import instance_service_pb2 as instance_pb
 from service.proto.wagateway.privacy.v1 import instance_service_pb2_grpc as instance_grpc
 from service.sessions.base import SessionState
@@ -178,3 +184,26 @@ async def test_openmetrics_is_served_to_a_scraper_that_asks_for_it(rest: Rest) -
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("application/openmetrics-text")
     assert body.rstrip().endswith("# EOF")
+
+
+async def test_updates_a_killed_gateway_left_running_count_as_interrupted(
+    make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    data = tmp_path / "killed"
+    left = Journal(data / "journal.db")
+    for number in range(2):
+        record = OperationRecord(
+            id=f"left-running-{number}", instance="sales", requested_by="account:acme#00000000",
+            request_id=None, body_hash="", requested={Field.LAST_SEEN: "none"},
+            policy=FailurePolicy.STOP, validate_only=False, force=False,
+            state=OperationState.RUNNING, started_at=time.time(),
+        )  # fmt: skip
+        await left.begin(record)
+    await left.close()
+
+    harness: Harness = await make_gateway(data_dir=str(data))
+
+    text = generate_latest(harness.gateway.metrics.registry).decode()
+    assert Exposition(text, "").nonzero("privacy_gateway_updates_total") == {
+        labels(outcome="INTERRUPTED"): 2
+    }
