@@ -91,7 +91,7 @@ def formatter(log_format: LogFormat, stream: TextIO) -> logging.Formatter:
 
 def configure(level: str, log_format: LogFormat, stream: TextIO | None = None) -> logging.Handler:
     """Sends every logger's records at ``level`` and above to ``stream`` (stderr); returns the
-    handler it put on the root logger."""
+    handler, for ``stop``."""
     out = sys.stderr if stream is None else stream
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter(log_format, out))
@@ -99,3 +99,10 @@ def configure(level: str, log_format: LogFormat, stream: TextIO | None = None) -
     root.addHandler(handler)
     root.setLevel(level.upper())
     return handler
+
+
+def stop(handler: logging.Handler) -> None:
+    """Takes ``configure``'s handler off the root logger, and flushes it."""
+    logging.getLogger().removeHandler(handler)
+    handler.flush()
+    handler.close()

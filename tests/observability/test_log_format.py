@@ -106,13 +106,13 @@ def test_auto_is_json_unless_the_log_stream_is_a_terminal(
     log_format: logs.LogFormat, terminal: bool, json_lines: bool
 ) -> None:
     stream = Terminal() if terminal else io.StringIO()
-    handler = logs.configure("info", log_format, stream)
     root = logging.getLogger()
     level = root.level
+    configured = logs.configure("info", log_format, stream)
     try:
         logging.getLogger("service.test.configure").info("configured")
     finally:
-        root.removeHandler(handler)
+        logs.stop(configured)
         root.setLevel(level)
 
     (line,) = stream.getvalue().splitlines()
@@ -142,3 +142,30 @@ def test_a_wrong_log_format_or_metrics_address_is_reported_where_it_is(tmp_path:
     path.write_text('log_level = "info"\nmetrics_listen = "nowhere"\n')
     with pytest.raises(ConfigError, match=r"gateway.toml:2: metrics_listen"):
         config.load(path, env={})
+
+
+def test_configure_s_lines_keep_their_order_traceback_and_fields() -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    configured = logs.configure("debug", "json", stream)
+    logger = logging.getLogger("service.test.handoff")
+    try:
+        for number in range(50):
+            logger.debug("line %d of %s", number, "fifty", extra={FIELDS: {"n": number}})
+        try:
+            raise RuntimeError("from the loop")
+        except RuntimeError:
+            logger.exception("crashed with %d%%", 100)
+    finally:
+        logs.stop(configured)
+        root.setLevel(level)
+
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [e["message"] for e in entries[:50]] == [f"line {n} of fifty" for n in range(50)]
+    assert [e["n"] for e in entries[:50]] == list(range(50))
+    crash = entries[50]
+    assert crash["message"] == "crashed with 100%"
+    assert crash["exception"].startswith("Traceback (most recent call last):")
+    assert crash["exception"].endswith("RuntimeError: from the loop")
+    assert len(entries) == 51
