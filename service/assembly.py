@@ -10,6 +10,7 @@ from service.config import GatewayConfig, InstanceConfig
 from service.gateway import Gateway
 from service.instances import Instance, InstanceDirectory
 from service.limits import CallLimiter, TransportLimits
+from service.observability import Metrics
 from service.operations import Operations
 from service.ratelimit import RateLimiter
 from service.sessions.base import Session
@@ -41,7 +42,8 @@ def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gate
     limiter = RateLimiter(config.rate_limit_per_minute)
     retention = config.journal_retention_days * 86400
     journal = Path(config.data_dir) / "journal.db"
-    operations = Operations(journal, retention, fsync=config.journal_fsync)
+    metrics = Metrics(instances)
+    operations = Operations(journal, retention, fsync=config.journal_fsync, metrics=metrics)
     return Gateway(
         instances,
         TokenRegistry(principals),
@@ -50,6 +52,7 @@ def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gate
         blocking,
         calls=CallLimiter(config.max_concurrent_calls),
         limits=TransportLimits.of(config),
+        metrics=metrics,
     )
 
 

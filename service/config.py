@@ -14,7 +14,7 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -49,6 +49,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 DEFAULT_KEEPALIVE_MIN_PING_INTERVAL_SECONDS = 300.0
 DEFAULT_KEEPALIVE_PERMIT_WITHOUT_CALLS = False
 DEFAULT_KEEPALIVE_MAX_PING_STRIKES = 2
+#: ``auto``: JSON lines unless the log stream (stderr) is a terminal.
+DEFAULT_LOG_FORMAT: Final = "auto"
 ENV_PREFIX = "PRIVACY_GATEWAY_"
 
 #: The schemes whatsmeow dials through (client.go:317-340: http, https, socks5; anything else is
@@ -153,6 +155,11 @@ class GatewayConfig(_Strict):
     #: How long in-flight calls may run on after SIGTERM or SIGINT.
     shutdown_grace_seconds: Annotated[float, Field(ge=0)] = DEFAULT_SHUTDOWN_GRACE_SECONDS
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: ``json`` (one object per line), ``text``, or ``auto``: JSON unless stderr is a terminal.
+    log_format: Literal["auto", "json", "text"] = DEFAULT_LOG_FORMAT
+    #: Where ``/metrics`` (Prometheus, no token) is served on a port of its own; empty: on the
+    #: REST port (``http_listen``), and nowhere when REST is off.
+    metrics_listen: HostPort | Literal[""] = ""
     #: Where WhatsApp session stores (SQLite) are kept by default.
     data_dir: Annotated[str, StringConstraints(min_length=1)] = DEFAULT_DATA_DIR
     #: Threads for blocking WhatsApp calls: each stanza holds one for its round trip, so this is
@@ -397,6 +404,8 @@ _ENV_KEYS = {
     "HTTP_LISTEN": "http_listen",
     "RATE_LIMIT_PER_MINUTE": "rate_limit_per_minute",
     "LOG_LEVEL": "log_level",
+    "LOG_FORMAT": "log_format",
+    "METRICS_LISTEN": "metrics_listen",
     "SHUTDOWN_GRACE_SECONDS": "shutdown_grace_seconds",
     "DATA_DIR": "data_dir",
     "STANZA_THREADS": "stanza_threads",

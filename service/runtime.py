@@ -21,6 +21,7 @@ from typing import Any
 from service.engine import SHUTTING_DOWN
 from service.gateway import Gateway
 from service.grpc.server import RunningServer, bind_server
+from service.http.metrics import MetricsServer
 from service.http.server import HttpServer
 from service.tls import ServerTls
 
@@ -37,6 +38,8 @@ class Endpoints:
 
     grpc_port: int
     http_port: int | None
+    #: ``/metrics``'s own port (``metrics_listen``); None when it is on the REST port or off.
+    metrics_port: int | None = None
 
 
 async def serve_until_signalled(
@@ -47,23 +50,35 @@ async def serve_until_signalled(
     on_ready: Callable[[Endpoints], None] | None = None,
     *,
     tls: ServerTls | None = None,
+    metrics_address: str | None = None,
 ) -> None:
-    # The journal first (JournalError: nothing is bound), then both ports; gRPC serves only once
-    # REST is bound too, and the sessions start only after both: a port that is taken
-    # (ListenError) leaves nothing running behind it.
+    """``metrics_address``: ``/metrics`` on a port of its own; None: on the REST port."""
+    # The journal first (JournalError: nothing is bound), then the ports; gRPC serves only once
+    # REST (and metrics) are bound too, and the sessions start only after them all: a port that
+    # is taken (ListenError) leaves nothing running behind it.
     await gateway.open()
+    grpc_server: RunningServer | None = None
+    http_server: HttpServer | None = None
+    metrics_server: MetricsServer | None = None
     try:
-        grpc_server: RunningServer = bind_server(gateway, grpc_address, tls)
-        http_server: HttpServer | None = None
+        grpc_server = bind_server(gateway, grpc_address, tls)
         if http_address:
             ssl_context = tls.ssl_context if tls is not None else None
-            http_server = HttpServer(gateway, shutdown_timeout=grace, ssl_context=ssl_context)
-            try:
-                await http_server.start(http_address)
-            except BaseException:
-                await grpc_server.stop(None)
-                raise
+            http_server = HttpServer(
+                gateway,
+                shutdown_timeout=grace,
+                ssl_context=ssl_context,
+                metrics=metrics_address is None,
+            )
+            await http_server.start(http_address)
+        if metrics_address:
+            metrics_server = MetricsServer(gateway.metrics)
+            await metrics_server.start(metrics_address)
     except BaseException:
+        if http_server is not None and http_server.port:
+            await http_server.stop()
+        if grpc_server is not None:
+            await grpc_server.stop(None)
         await gateway.close()
         raise
     await grpc_server.start()
@@ -77,7 +92,13 @@ async def serve_until_signalled(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     if on_ready is not None:
-        on_ready(Endpoints(grpc_server.port, http_server.port if http_server else None))
+        on_ready(
+            Endpoints(
+                grpc_server.port,
+                http_server.port if http_server else None,
+                metrics_server.port if metrics_server else None,
+            )
+        )
     await stop.wait()
     log.info("shutting down: in-flight calls have %.1f s to finish", grace)
     stopping = asyncio.gather(
@@ -86,6 +107,8 @@ async def serve_until_signalled(
     await _halt_before_grace_ends(gateway, stopping, grace)
     await stopping
     await gateway.close()
+    if metrics_server is not None:
+        await metrics_server.stop()
     log.info("stopped")
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -170,6 +169,7 @@ def _token(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from service import assembly  # noqa: PLC0415 - keeps client commands light
+    from service.observability import logs  # noqa: PLC0415
     from service.runtime import Endpoints, serve_until_signalled  # noqa: PLC0415
 
     # --config, else PRIVACY_GATEWAY_CONFIG (the option's default), names the file; without one
@@ -187,11 +187,7 @@ def _serve(args: argparse.Namespace) -> int:
     file = Path(args.config) if demo is None else demo.contents
     cfg = config_module.resolve(command_line, os.environ, file)
     tls = config_module.server_tls(cfg)
-    logging.basicConfig(
-        level=cfg.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(cfg.log_level, cfg.log_format, sys.stderr)
 
     def ready(endpoints: Endpoints) -> None:
         host = cfg.listen.rsplit(":", 1)[0]
@@ -203,6 +199,13 @@ def _serve(args: argparse.Namespace) -> int:
             print(
                 f"privacy-gateway: REST listening on "
                 f"{scheme}://{http_host}:{endpoints.http_port}{kind}",
+                flush=True,
+            )
+        if endpoints.metrics_port is not None:
+            metrics_host = cfg.metrics_listen.rsplit(":", 1)[0]
+            print(
+                f"privacy-gateway: metrics on http://{metrics_host}:{endpoints.metrics_port}"
+                "/metrics",
                 flush=True,
             )
         if demo is not None:
@@ -223,7 +226,13 @@ def _serve(args: argparse.Namespace) -> int:
     with data_dir.locked(cfg.data_dir):
         gateway = assembly.build_gateway(cfg)
         serving = serve_until_signalled(
-            gateway, cfg.listen, cfg.http_listen or None, cfg.shutdown_grace_seconds, ready, tls=tls
+            gateway,
+            cfg.listen,
+            cfg.http_listen or None,
+            cfg.shutdown_grace_seconds,
+            ready,
+            tls=tls,
+            metrics_address=cfg.metrics_listen or None,
         )
         asyncio.run(serving)
     return 0

@@ -9,7 +9,7 @@ Edges keep only parsing their wire and rendering the answer.
 
 from service.gateway.caller import Caller, Page
 from service.gateway.rules import GRPC, REST, WireNames
-from service.gateway.running import Gateway, log_refusal
+from service.gateway.running import Gateway
 from service.gateway.updates import UpdateHandle, UpdateInput
 
 __all__ = [
@@ -21,5 +21,4 @@ __all__ = [
     "UpdateHandle",
     "UpdateInput",
     "WireNames",
-    "log_refusal",
 ]

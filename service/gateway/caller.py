@@ -20,6 +20,7 @@ from service.gateway import rules
 from service.gateway.rules import WireNames
 from service.gateway.updates import UpdateHandle, UpdateInput
 from service.instances import Instance
+from service.observability import calls
 from service.operations import OperationRecord, UpdateRequest
 from service.sessions.base import Pairable, PairEvent, SettingsChange
 from service.settings import Settings
@@ -46,7 +47,8 @@ class Caller:
 
     @property
     def label(self) -> str:
-        """Who is calling, safe to log (never the token)."""
+        """Who is calling, as the journal records it (never the token; the logs name the caller
+        without the hash prefix: ``service.observability.calls``)."""
         return self.principal.label
 
     # -- instances -----------------------------------------------------------------------------
@@ -103,12 +105,18 @@ class Caller:
             self.label,
         )
         operation = await self._gateway.operations.start(instance, request, update.deadline)
-        return UpdateHandle(operation, owned=operation.request is request, deadline=update.deadline)
+        handle = UpdateHandle(
+            operation, owned=operation.request is request, deadline=update.deadline
+        )
+        calls.note_operation(handle.operation_id)
+        return handle
 
     # -- operations ----------------------------------------------------------------------------
 
     async def operation(self, name: str, operation_id: str) -> OperationRecord:
-        return await self._gateway.operations.get(self.instance(name), operation_id)
+        record = await self._gateway.operations.get(self.instance(name), operation_id)
+        calls.note_operation(record.id)
+        return record
 
     async def operations(self, name: str, page_size: int | str | None, page_token: str) -> Page:
         instance = self.instance(name)

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass, field
 
-from service.auth import Principal, TokenRegistry
+from service.auth import TokenRegistry
 from service.config import DEFAULT_MAX_CONCURRENT_CALLS
 from service.errors import GatewayError
 from service.gateway.caller import Caller
 from service.gateway.rules import WireNames
 from service.instances import InstanceDirectory
 from service.limits import CallLimiter, TransportLimits
+from service.observability import Metrics
 from service.operations import Operations
 from service.ratelimit import RateLimiter
 from service.sessions.base import SettingsChange
 from service.sessions.whatsapp.threads import BlockingCalls
-
-log = logging.getLogger("service.gateway")
 
 
 @dataclass
@@ -38,12 +36,18 @@ class Gateway:
     calls: CallLimiter = field(default_factory=lambda: CallLimiter(DEFAULT_MAX_CONCURRENT_CALLS))
     #: What the servers enforce themselves (message sizes, keepalive, grpc's queue).
     limits: TransportLimits = field(default_factory=TransportLimits)
+    #: What ``/metrics`` shows of this gateway (``service.observability``).
+    metrics: Metrics = field(default_factory=Metrics)
 
     def admit(self, token: str | None, names: WireNames) -> Caller:
         """The caller holding ``token``, counted against its rate limit; raises the
         UNAUTHENTICATED or RESOURCE_EXHAUSTED it is refused with."""
         principal = self.tokens.authenticate(token)
-        self.limiter.check(principal.token_sha256)
+        try:
+            self.limiter.check(principal.token_sha256)
+        except GatewayError:
+            self.metrics.rate_limited()
+            raise
         return Caller(self, principal, names)
 
     async def start(self) -> None:
@@ -71,9 +75,3 @@ class Gateway:
         await asyncio.gather(*(i.session.close() for i in self.instances))
         if self.blocking is not None:
             self.blocking.shutdown()
-
-
-def log_refusal(call: str, principal: Principal | None, error: GatewayError) -> None:
-    """The one log line of a refused call, on either edge: what, by whom (never a token), why."""
-    who = principal.label if principal else "anonymous"
-    log.info("%s by %s: %s %s", call, who, error.code.value, error.reason)

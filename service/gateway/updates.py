@@ -15,6 +15,7 @@ from types import TracebackType
 
 from service.engine import Event, Plan, Snapshot
 from service.errors import UpdateFailed
+from service.observability import calls
 from service.operations import Operation, caller_left
 from service.settings import Field
 
@@ -67,6 +68,7 @@ class UpdateHandle:
         """``error`` naming the operation, so the caller can look it up."""
         if self.operation_id:
             error.metadata = {**error.metadata, "operation_id": self.operation_id}
+        calls.note_failure(error)
         return error
 
     def left(self) -> None:

@@ -14,10 +14,14 @@ before the handler runs and, when the deserializer raises, answers UNKNOWN and l
 raised by servicer method"). So the handler's deserializer is wrapped: a message that does not
 parse becomes a ``Malformed`` stand-in, and the guarded handler, once the caller is admitted,
 answers it INVALID_ARGUMENT MALFORMED_REQUEST like any other mistake.
+
+Each call is also recorded (``service.observability.calls``): counted and logged as one line
+once it ends, a stream once its last message is sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -28,8 +32,10 @@ from grpc import aio
 
 from service import errors
 from service.errors import GatewayError
-from service.gateway import GRPC, Caller, Gateway, log_refusal
+from service.gateway import GRPC, Caller, Gateway
 from service.grpc.status import to_status
+from service.observability import calls
+from service.observability.calls import Call
 
 GUARDED_PREFIX = "/wagateway."
 TOKEN_METADATA_KEY = "token"
@@ -94,24 +100,38 @@ class GuardInterceptor(aio.ServerInterceptor):
             )
         raise NotImplementedError(f"{method}: client-streaming methods are not guarded")
 
-    def _admit(self, request: Any, context: aio.ServicerContext[Any, Any]) -> None:
+    def _begin(self, method: str, request: Any) -> Call:
+        # Every guarded request but ListInstances names an instance.
+        instance = getattr(request, "instance", None)
+        return calls.begin("grpc", method, instance, self._gateway.instances)
+
+    def _admit(self, request: Any, context: aio.ServicerContext[Any, Any], call: Call) -> None:
         token = None
         for key, value in context.invocation_metadata() or ():
             if key == TOKEN_METADATA_KEY:
                 token = value if isinstance(value, str) else value.decode(errors="surrogateescape")
                 break
-        current_caller.set(self._gateway.admit(token, GRPC))
+        caller = self._gateway.admit(token, GRPC)
+        call.admitted(caller.principal)
+        current_caller.set(caller)
         if isinstance(request, Malformed):
             raise errors.MALFORMED_REQUEST.error(message=request.message_type)
 
     def _guard_unary(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
         async def guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            call = self._begin(method, request)
             try:
                 with self._gateway.calls.held():
-                    self._admit(request, context)
+                    self._admit(request, context, call)
                     return await behavior(request, context)
             except GatewayError as error:
-                await _abort(context, method, error)
+                call.failed(error)
+                await _abort(context, error)
+            except BaseException as exc:
+                call.interrupted(exc, _ended_by(exc, context))
+                raise
+            finally:
+                calls.finish(call, self._gateway.metrics)
 
         return guarded
 
@@ -119,19 +139,34 @@ class GuardInterceptor(aio.ServerInterceptor):
         async def guarded(
             request: Any, context: aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
+            call = self._begin(method, request)
             try:
                 with self._gateway.calls.held():
-                    self._admit(request, context)
+                    self._admit(request, context, call)
                     async for response in behavior(request, context):
                         yield response
             except GatewayError as error:
-                await _abort(context, method, error)
+                call.failed(error)
+                await _abort(context, error)
+            except BaseException as exc:
+                call.interrupted(exc, _ended_by(exc, context))
+                raise
+            finally:
+                calls.finish(call, self._gateway.metrics)
 
         return guarded
 
 
-async def _abort(context: aio.ServicerContext[Any, Any], method: str, error: GatewayError) -> None:
-    caller = current_caller.get(None)
-    log_refusal(method, caller.principal if caller else None, error)
+async def _abort(context: aio.ServicerContext[Any, Any], error: GatewayError) -> None:
     status = to_status(error)
     await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def _ended_by(exc: BaseException, context: aio.ServicerContext[Any, Any]) -> str:
+    """The status of a call its handler did not answer: the caller left, its deadline passed,
+    or the handler raised what grpc reports as UNKNOWN."""
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        return calls.DEADLINE_EXCEEDED if expired else calls.CANCELLED
+    return grpc.StatusCode.UNKNOWN.name

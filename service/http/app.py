@@ -2,42 +2,61 @@
 
 A thin edge: it turns requests into the application's calls (``service.gateway``) and their
 answers into the contract's JSON, so a REST update and a gRPC update see each other's results and
-queue behind each other, and the same mistake gets the same answer on both.
+queue behind each other, and the same mistake gets the same answer on both. Each call is
+recorded (``service.observability.calls``): counted and logged as one line once its answer is
+sent; probes and scrapes (``/healthz``, ``/metrics``) are not, as gRPC's health service is not.
+
+``/metrics`` (Prometheus) is served without a token, as scrapers call it: it shows counts by
+method, code, field and state, and no instance's name (``metrics_listen`` moves it to a port of
+its own).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial, wraps
 from typing import Any
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestPayloadError
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from service import errors
 from service.auth import Principal
 from service.engine import Event, Snapshot
 from service.errors import GatewayError, shown
-from service.gateway import REST, Caller, Gateway, UpdateHandle, UpdateInput, log_refusal
+from service.gateway import REST, Caller, Gateway, UpdateHandle, UpdateInput
 from service.http import body as request_body
 from service.http import responses
 from service.http.body import MAX_BODY_BYTES
 from service.http.openapi import openapi_document
 from service.http.responses import NDJSON
-
-log = logging.getLogger(__name__)
+from service.observability import calls
 
 PRIVACY_PATH = "/api/profile/privacy/{instance}"
+METRICS_PATH = "/metrics"
+#: Routes whose calls are neither counted nor logged: probes and scrapes.
+UNRECORDED = frozenset({"/healthz", METRICS_PATH})
+#: A call's method is ``METHOD /route-template``; other methods are ``OTHER``, and a path no
+#: route serves is ``(unmatched)``, so that callers cannot grow the label set.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "(unmatched)"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PRINCIPAL = web.RequestKey("principal", Principal)
 
 
-def create_app(gateway: Gateway) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_envelope_errors])
+def create_app(gateway: Gateway, *, metrics: bool = True) -> web.Application:
+    """The REST app; ``metrics``: serve ``/metrics`` too (off when it has a port of its own)."""
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES, middlewares=[_record_calls(gateway), _envelope_errors]
+    )
+    if metrics:
+        app.router.add_get(METRICS_PATH, make_aiohttp_handler(gateway.metrics.registry))
     api = PrivacyApi(gateway)
     counted = partial(_counted, gateway)
     app.router.add_post(PRIVACY_PATH, counted(api.update))
@@ -160,13 +179,47 @@ def _line(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode() + b"\n"
 
 
+def _record_calls(gateway: Gateway) -> Middleware:
+    """Records each call (``service.observability.calls``) from its start to its answer."""
+
+    @web.middleware
+    async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        template = resource.canonical if resource is not None else UNMATCHED
+        if template in UNRECORDED:
+            return await handler(request)
+        verb = request.method if request.method in METHODS else "OTHER"
+        instance = request.match_info.get("instance")
+        call = calls.begin("rest", f"{verb} {template}", instance, gateway.instances)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # below 400: _envelope_errors answers the others
+            call.http_status = exc.status
+            raise
+        except BaseException as exc:
+            crashed = not isinstance(exc, asyncio.CancelledError | ConnectionError)
+            call.interrupted(exc, "INTERNAL" if crashed else calls.CANCELLED)
+            call.http_status = 500 if crashed else None
+            raise
+        else:
+            call.http_status = response.status
+            return response
+        finally:
+            principal = request.get(PRINCIPAL)
+            if principal is not None:
+                call.admitted(principal)
+            calls.finish(call, gateway.metrics)
+
+    return record
+
+
 @web.middleware
 async def _envelope_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error in the contract's envelope: domain errors, and aiohttp's own (404, 405...)."""
     try:
         return await handler(request)
     except GatewayError as error:
-        log_refusal(_call_name(request), request.get(PRINCIPAL), error)
+        calls.note_failure(error)
         headers = {}
         if error.retry_after_whole_seconds is not None:
             headers["Retry-After"] = str(error.retry_after_whole_seconds)
@@ -176,16 +229,9 @@ async def _envelope_errors(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         refusal = responses.http_refusal(exc.status, exc.reason)
+        calls.note_failure(refusal)
         body = responses.error_body(refusal)
         return web.json_response(body, status=exc.status, headers=_allow(exc))
-
-
-def _call_name(request: web.Request) -> str:
-    """The call as a log line names it: the method and the route's template, never the path a
-    caller sent (``/api/profile/privacy/{instance}``: a name may be 8 KB, or hold a newline)."""
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "(no route)"
-    return f"{request.method} {route}"
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str]:

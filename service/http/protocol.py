@@ -49,7 +49,6 @@ from aiohttp.web_request import BaseRequest
 
 from service import errors
 from service.errors import GatewayError, shown
-from service.gateway import log_refusal
 from service.http import responses
 
 log = logging.getLogger("service.http")
@@ -117,7 +116,7 @@ class GatewayRequestHandler(web_protocol.RequestHandler):
             raise ConnectionError("a response was begun: the error cannot be sent in its place")
         if isinstance(exc, HttpProcessingError):
             error = refusal(exc)
-            log_refusal("an HTTP request the parser refused", None, error)
+            log.info("an HTTP request the parser refused: %s %s", error.code.value, error.reason)
             status = error.http_status
         elif status >= 500 and exc is not None:
             # A handler let an exception escape: a bug, logged as one (never a request's text).

@@ -30,13 +30,16 @@ class HttpServer:
         gateway: Gateway,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_GRACE_SECONDS,
         ssl_context: ssl.SSLContext | None = None,
+        *,
+        metrics: bool = True,
     ) -> None:
-        """``ssl_context`` (``service.tls.ServerTls``'s) makes the port speak HTTPS only."""
+        """``ssl_context`` (``service.tls.ServerTls``'s) makes the port speak HTTPS only;
+        ``metrics``: serve ``/metrics`` on this port too (off when it has one of its own)."""
         # ``handler_cancellation``: a client that hangs up cancels its handler, so that an update
         # it started stops as a gRPC caller's does (aiohttp lets handlers run on by default).
         quiet_aiohttp_server_log()
         self._runner: web.AppRunner = GatewayRunner(
-            create_app(gateway),
+            create_app(gateway, metrics=metrics),
             access_log=None,
             shutdown_timeout=shutdown_timeout,
             handler_cancellation=True,

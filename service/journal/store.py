@@ -97,6 +97,9 @@ class Journal:
         #: Called on the loop after each group's futures are resolved: one call per commit, so
         #: a reader of many writes' futures need not put a callback on each of them.
         self.on_commit: Callable[[], None] | None = None
+        #: Told how long each group commit took, in seconds: one for commits on the loop, one
+        #: for those on the writer thread (``service.observability``); None: not timed.
+        self.commit_timers: tuple[Callable[[float], None], Callable[[float], None]] | None = None
 
     async def close(self) -> None:
         """Commits what is queued, checkpoints, then closes."""
@@ -155,7 +158,7 @@ class Journal:
         batch, self._queue = self._queue, []
         started = self._policy.loop_commit_starts()
         try:
-            results = commit_group(self._db, batch)
+            results = self._commit(batch, 0)
         except JournalBusy:
             # Another process holds the lock: the writer thread waits for it, the loop does not.
             self._policy.sent_to_writer(len(batch))
@@ -164,8 +167,20 @@ class Journal:
         self._policy.committed_on_loop(started)
         self._settle(results)
 
+    def _commit(self, batch: list[Queued], where: int) -> list[Settled]:
+        """Commits ``batch`` on the loop (``where`` 0: raises ``JournalBusy`` rather than wait)
+        or on the writer thread (1: waits for another process's lock, ``commit_patiently``)."""
+        commit = commit_group if where == 0 else commit_patiently
+        timers = self.commit_timers
+        if timers is None:
+            return commit(self._db, batch)
+        started = time.perf_counter()
+        results = commit(self._db, batch)
+        timers[where](time.perf_counter() - started)
+        return results
+
     def _commit_patiently(self, batch: list[Queued]) -> list[Settled]:
-        return commit_patiently(self._db, batch)
+        return self._commit(batch, 1)
 
     def _settle_from_writer(self, results: list[Settled]) -> None:
         self._policy.committed_on_writer(len(results))

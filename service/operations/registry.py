@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from service import engine, errors
 from service.data_dir import JournalError
@@ -36,6 +36,9 @@ from service.operations.operation import Operation, UpdateRequest
 from service.operations.record import OperationError, OperationRecord, OperationState
 from service.operations.replay import replayed
 
+if TYPE_CHECKING:
+    from service.observability import Metrics
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -49,9 +52,16 @@ class Operations:
     """Starts, journals, finds and replays operations."""
 
     def __init__(
-        self, journal_path: Path, retention_seconds: float, *, fsync: bool = False
+        self,
+        journal_path: Path,
+        retention_seconds: float,
+        *,
+        fsync: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self._journal_path = journal_path
+        #: Counts updates, their stanzas and the journal's commits (None: nothing is counted).
+        self._metrics = metrics
         self._fsync = fsync
         self._journal: journal_store.Journal | None = None
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="journal-reader")
@@ -72,11 +82,18 @@ class Operations:
         open_journal = partial(journal_store.Journal, self._journal_path, fsync=self._fsync)
         try:
             self._journal = await self._off_loop(open_journal)
+            if self._metrics is not None:
+                self._journal.commit_timers = (
+                    self._metrics.commit_on_loop,
+                    self._metrics.commit_on_writer,
+                )
             interrupted = await self._journal.mark_interrupted()
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(self._journal_path, exc) from exc
         if interrupted:
             log.warning("%d update(s) were interrupted by the previous stop", interrupted)
+            if self._metrics is not None:
+                self._metrics.update_ended(OperationState.INTERRUPTED, interrupted)
         self._upkeep = [
             asyncio.create_task(self._purge_periodically(), name="journal-purge"),
             asyncio.create_task(self._checkpoint_periodically(), name="journal-checkpoint"),
@@ -163,6 +180,8 @@ class Operations:
     async def _run(self, operation: Operation, deadline: float | None) -> None:
         request = operation.request
         journal = OperationJournal(self.journal, operation)
+        counted = self._metrics.journaled if self._metrics is not None else None
+        event: Event | None = None
         try:
             events = engine.update(
                 operation.instance,
@@ -179,6 +198,8 @@ class Operations:
                     if visible is None:
                         return  # the operation's row could not be written: nothing was sent
                     operation.publish(visible)
+                    if counted is not None and journal.needs_write(visible):
+                        counted(visible)
         except GatewayError as refused:
             # Refused before the plan (not connected...): nothing was sent or journaled.
             operation.end(refused)
@@ -189,6 +210,8 @@ class Operations:
                 ending = OperationError(crash.code, crash.reason, crash.message)
                 with contextlib.suppress(Exception):
                     await self.journal.finish(operation.id, OperationState.FAILED, None, ending)
+                if self._metrics is not None and not isinstance(event, Snapshot):
+                    self._metrics.update_ended(OperationState.FAILED)
             operation.end(crash)
         finally:
             self._running.pop((operation.instance.name, operation.id), None)
