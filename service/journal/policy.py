@@ -7,7 +7,11 @@ and asks it before each group.
 - Without ``fsync`` a commit is a write into the OS's cache (microseconds). While commits are
   occasional, a group is committed on the event loop itself: no thread hop, so a lone update
   waits least.
-- Under sustained load (two commits in a row less than ``BUSY_GAP_SECONDS`` apart), or once two
+- Under sustained load (two commits in a row less than ``BUSY_GAP_SECONDS`` apart) a group of
+  more than one write goes to the writer thread, where it grows while the previous one commits;
+  a lone write stays on the loop, where it costs one commit rather than a thread hop each way
+  (an update waits for each of its writes before its next stanza, so one update alone commits
+  one write at a time, back to back). Once two
   commits in a row on the loop took longer than ``SLOW_COMMIT_SECONDS`` (for the
   ``SLOW_COMMIT_MEMORY_SECONDS`` after the second), groups go to the writer thread. Every SQLite
   call lets go of the GIL, and with hundreds of stanza threads waiting for it the loop gets it
@@ -48,13 +52,16 @@ class CommitPolicy:
         self._slow_until = float("-inf")
         self._slow_streak = 0
 
-    def on_loop(self) -> bool:
-        """Whether the next group commits on the loop (else it goes to the writer thread)."""
+    def on_loop(self, *, lone: bool = False) -> bool:
+        """Whether the next group commits on the loop (else it goes to the writer thread);
+        ``lone``: the group is a single write."""
         if self._fsync or self._on_writer:
             return False
         now = self._clock()
         if now < self._slow_until:
             return False
+        if lone:
+            return True
         busy = now - self._last_commit < BUSY_GAP_SECONDS and self._last_gap < BUSY_GAP_SECONDS
         return not busy
 

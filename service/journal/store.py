@@ -138,7 +138,7 @@ class Journal:
             self._loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = self._loop.create_future()
         self._queue.append((work, future))
-        if urgent and self._policy.on_loop():
+        if urgent and self._policy.on_loop(lone=len(self._queue) == 1):
             self._commit_on_loop()
         elif len(self._queue) == 1:
             self._loop.call_soon(self._commit_queued)
@@ -147,7 +147,7 @@ class Journal:
     def _commit_queued(self) -> None:
         if not self._queue:
             return
-        if self._policy.on_loop():
+        if self._policy.on_loop(lone=len(self._queue) == 1):
             self._commit_on_loop()
             return
         batch, self._queue = self._queue, []

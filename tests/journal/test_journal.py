@@ -108,13 +108,19 @@ async def _where_committed(write: asyncio.Future[Any], committed: Callable[[], b
 async def test_occasional_commits_run_on_the_loop_sustained_ones_on_the_writer(
     loaded: Journal,
 ) -> None:
+    """Once commits come back to back, a group of more than one write goes to the writer thread;
+    a lone write stays on the loop (one update alone waits for each of its writes in turn)."""
     where = []
-    for n in range(4):
+    for n in range(3):
         write = loaded.begin(_operation(f"op-{n}"))
         where.append(await _where_committed(write, _begun(loaded, f"op-{n}")))
+    for position in range(2):  # two updates' outcomes, queued in one loop turn: one group
+        loaded.record("op-0", position, APPLIED)
+        second = loaded.record("op-1", position, APPLIED)
+        where.append(await _where_committed(second, _outcomes(loaded, "op-1", position + 1)))
 
-    assert where == ["loop", "loop", "writer", "writer"]
-    for n in range(4):
+    assert where == ["loop", "loop", "loop", "writer", "writer"]
+    for n in range(3):
         assert await asyncio.to_thread(loaded.get, "sales", f"op-{n}") is not None
 
 
@@ -167,8 +173,11 @@ async def test_a_new_operation_is_on_disk_before_begin_returns_while_quiet(
     assert loaded.get("sales", "op-quiet") is not None, "on disk when begin returns"
 
     loaded.begin(_operation("op-warm"))  # a second commit at the same instant: now it is busy
+    lone = loaded.begin(_operation("op-lone"))
+    assert lone.done(), "a lone write commits at once even when commits come back to back"
+    loaded.record("op-warm", 0, APPLIED)  # queued: the next begin is no longer alone
     busy = loaded.begin(_operation("op-busy"))
-    assert not busy.done(), "under load it joins the next group instead"
+    assert not busy.done(), "under load, with others queued, it joins the next group instead"
     await asyncio.wait_for(busy, TIMEOUT)
     assert await asyncio.to_thread(loaded.get, "sales", "op-busy") is not None
 

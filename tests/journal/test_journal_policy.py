@@ -66,6 +66,33 @@ def test_two_commits_in_a_row_less_than_the_busy_gap_apart_send_groups_to_the_wr
     assert not policy.on_loop()
 
 
+def test_a_lone_write_stays_on_the_loop_under_sustained_load(
+    policy: CommitPolicy, clock: FakeClock
+) -> None:
+    """One update alone commits one write at a time, back to back: each waits for nobody, and a
+    thread hop each way would cost it more than the commit."""
+    _commit_on_loop(policy, clock)
+    clock.advance(BUSY_GAP_SECONDS / 10)
+    _commit_on_loop(policy, clock)
+    clock.advance(BUSY_GAP_SECONDS / 10)
+
+    assert policy.on_loop(lone=True)
+    assert not policy.on_loop(lone=False)
+
+
+def test_a_lone_write_still_follows_the_writer_thread_and_slow_commits(
+    policy: CommitPolicy, clock: FakeClock
+) -> None:
+    _commit_on_writer(policy)
+    policy.sent_to_writer(1)
+    assert not policy.on_loop(lone=True), "order: it follows the writes on the writer thread"
+    policy.committed_on_writer(1)
+    clock.advance(1.0)
+    _commit_on_loop(policy, clock, taking=SLOW_COMMIT_SECONDS * 2)
+    _commit_on_loop(policy, clock, taking=SLOW_COMMIT_SECONDS * 2)
+    assert not policy.on_loop(lone=True), "a contended GIL slows a lone commit too"
+
+
 def test_a_short_gap_after_a_long_one_is_not_sustained_load(
     policy: CommitPolicy, clock: FakeClock
 ) -> None:
