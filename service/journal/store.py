@@ -128,9 +128,9 @@ class Journal:
     ) -> asyncio.Future[T]:
         """Queues ``work``; must be called from the event loop that awaits the result.
 
-        ``urgent``: the caller waits for this write before going on (a new operation: no stanza
-        goes out before it is on disk). While the journal is quiet it is committed at once, with
-        whatever is queued, rather than at the end of the loop turn.
+        ``urgent``: the caller waits for this write before going on (no stanza goes out before
+        the write before it is on disk). Alone, it is committed at once on the loop, rather than
+        at the end of the loop turn; behind other writes it joins their group.
         """
         if self._closed:
             raise RuntimeError("the journal is closed")
@@ -138,7 +138,7 @@ class Journal:
             self._loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = self._loop.create_future()
         self._queue.append((work, future))
-        if urgent and self._policy.on_loop(lone=len(self._queue) == 1):
+        if urgent and len(self._queue) == 1 and self._policy.on_loop(lone=True):
             self._commit_on_loop()
         elif len(self._queue) == 1:
             self._loop.call_soon(self._commit_queued)
@@ -215,7 +215,7 @@ class Journal:
             operation_id, position, outcome.field.value, outcome.state.name, outcome.value,
             outcome.previous, outcome.elapsed, outcome.error,
         )  # fmt: skip
-        return self._submit(Rows(schema.RECORD, params))
+        return self._submit(Rows(schema.RECORD, params), urgent=True)
 
     def finish(
         self,
@@ -234,7 +234,7 @@ class Journal:
             state.value, time.time(), schema.encode_values(settings) if settings else None, code,
             reason, message, json.dumps(dict(metadata)) if metadata else None, operation_id,
         )  # fmt: skip
-        return self._submit(Rows(schema.FINISH, params))
+        return self._submit(Rows(schema.FINISH, params), urgent=True)
 
     def mark_interrupted(self) -> asyncio.Future[int]:
         """Operations a previous process left RUNNING (it died mid-update): INTERRUPTED."""

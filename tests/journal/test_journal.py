@@ -109,17 +109,18 @@ async def test_occasional_commits_run_on_the_loop_sustained_ones_on_the_writer(
     loaded: Journal,
 ) -> None:
     """Once commits come back to back, a group of more than one write goes to the writer thread;
-    a lone write stays on the loop (one update alone waits for each of its writes in turn)."""
+    a lone write (an update waits for each of its writes in turn) commits on the loop at once."""
     where = []
     for n in range(3):
         write = loaded.begin(_operation(f"op-{n}"))
         where.append(await _where_committed(write, _begun(loaded, f"op-{n}")))
-    for position in range(2):  # two updates' outcomes, queued in one loop turn: one group
-        loaded.record("op-0", position, APPLIED)
-        second = loaded.record("op-1", position, APPLIED)
-        where.append(await _where_committed(second, _outcomes(loaded, "op-1", position + 1)))
+    lone = loaded.record("op-0", 0, APPLIED)
+    where.append(await _where_committed(lone, _outcomes(loaded, "op-0", 1)))
+    loaded.purge(0.0)  # queued for the end of the turn: the next write is not alone
+    grouped = loaded.record("op-1", 0, APPLIED)
+    where.append(await _where_committed(grouped, _outcomes(loaded, "op-1", 1)))
 
-    assert where == ["loop", "loop", "loop", "writer", "writer"]
+    assert where == ["loop", "loop", "loop", "loop", "writer"]
     for n in range(3):
         assert await asyncio.to_thread(loaded.get, "sales", f"op-{n}") is not None
 
@@ -175,9 +176,9 @@ async def test_a_new_operation_is_on_disk_before_begin_returns_while_quiet(
     loaded.begin(_operation("op-warm"))  # a second commit at the same instant: now it is busy
     lone = loaded.begin(_operation("op-lone"))
     assert lone.done(), "a lone write commits at once even when commits come back to back"
-    loaded.record("op-warm", 0, APPLIED)  # queued: the next begin is no longer alone
+    loaded.purge(0.0)  # queued for the end of the turn: the next begin is not alone
     busy = loaded.begin(_operation("op-busy"))
-    assert not busy.done(), "under load, with others queued, it joins the next group instead"
+    assert not busy.done(), "behind another write it joins the next group instead"
     await asyncio.wait_for(busy, TIMEOUT)
     assert await asyncio.to_thread(loaded.get, "sales", "op-busy") is not None
 
@@ -226,6 +227,7 @@ async def test_a_failed_write_fails_only_itself(
     if commits_before == 2:
         await loaded.begin(_operation("op-warm"))
 
+    loaded.purge(0.0)  # queued first, so that the three writes below join its group
     before = loaded.record("op-1", 0, APPLIED)
     failed = loaded.record("op-unknown", 0, APPLIED)  # no such operation: a foreign key fails
     after = loaded.record("op-1", 1, APPLIED)
