@@ -94,9 +94,6 @@ class Journal:
         self._closed = False
         self._writer = WriterThread(self._commit_patiently, self._settle_from_writer)
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: Called on the loop after each group's futures are resolved: one call per commit, so
-        #: a reader of many writes' futures need not put a callback on each of them.
-        self.on_commit: Callable[[], None] | None = None
         #: Told how long each group commit took, in seconds: one for commits on the loop, one
         #: for those on the writer thread (``service.observability``); None: not timed.
         self.commit_timers: tuple[Callable[[float], None], Callable[[float], None]] | None = None
@@ -194,8 +191,6 @@ class Journal:
                 future.set_exception(error)
             else:
                 future.set_result(result)
-        if self.on_commit is not None:
-            self.on_commit()
 
     # -- writes (each returns a future that resolves once the write is on disk) ---------------
 

@@ -1,9 +1,8 @@
-"""One update as an operation: its events, released to its callers as the journal records them.
+"""One update as an operation: its events, shown to its callers as the journal records them.
 
 ``Operations`` (``service.operations.registry``) starts, runs and journals operations; this is
-what a caller follows. An event the journal must record is shown only once its write is on disk,
-so whatever a caller saw survives the gateway being killed, and one that was not recorded never
-shows.
+what a caller follows. An event the journal must record is published only once its write is on
+disk, so whatever a caller saw survives the gateway being killed.
 """
 
 from __future__ import annotations
@@ -12,14 +11,12 @@ import asyncio
 import hashlib
 import json
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from service.engine import (
     CALLER_CANCELLED,
     DEADLINE_PASSED,
-    JOURNAL_FAILED,
     Event,
     Halt,
     Plan,
@@ -55,10 +52,9 @@ class UpdateRequest:
 class Operation:
     """A running or finished update: its events so far, followed by any number of callers.
 
-    An event that the journal must record is only shown to callers once its write is on disk, so
-    what a caller saw survives the gateway being killed. The engine does not wait for those writes
-    (they commit in groups while the next stanza is under way); events are released in order as
-    their writes land.
+    An event that the journal must record is only published once its write is on disk, and the
+    engine's next stanza waits for that too (``service.operations.journaling``), so what a caller
+    saw survives the gateway being killed and the journal is never behind WhatsApp.
     """
 
     def __init__(self, operation_id: str, instance: Instance, request: UpdateRequest) -> None:
@@ -69,7 +65,6 @@ class Operation:
         self.events: list[Event] = []
         self.error: GatewayError | None = None
         self.done = False
-        self._unreleased: deque[tuple[Event, asyncio.Future[None] | None]] = deque()
         self._waiters: list[asyncio.Future[None]] = []
         self._end_waiters: list[asyncio.Future[None]] = []
         self._halt: Halt | None = None
@@ -84,49 +79,22 @@ class Operation:
     def halted(self) -> Halt | None:
         return self._halt
 
-    def publish(self, event: Event, journaled: asyncio.Future[None] | None = None) -> bool:
-        """Shows ``event`` to callers once ``journaled`` (its journal write) has succeeded.
-
-        Returns whether events are left waiting for the journal; ``release`` must then be called
-        once it commits.
-        """
-        self._unreleased.append((event, journaled))
-        return self.release()
+    def publish(self, event: Event) -> None:
+        """Shows ``event`` to callers. ``Operations`` publishes an event the journal must record
+        only once its write is on disk (or, the journal having failed, once it is owed)."""
+        self.events.append(event)
+        self._wake()
 
     def end(self, error: GatewayError | None = None) -> None:
-        """No more events. ``error`` refuses the update, or reports it crashed: events whose
-        journal write did not succeed are then never shown."""
-        self.release()
+        """No more events. ``error`` refuses the update, or reports it crashed."""
         if error is not None:
             self.error = error
-            self._unreleased.clear()
         self.done = True
         self._wake()
         for waiter in self._end_waiters:
             if not waiter.done():
                 waiter.set_result(None)
         self._end_waiters.clear()
-
-    def release(self) -> bool:
-        """Shows the events whose writes are on disk; returns whether any are left waiting.
-
-        A write that failed halts the update: what follows could not be recorded.
-        """
-        released = False
-        while self._unreleased:
-            event, journaled = self._unreleased[0]
-            if journaled is not None:
-                if not journaled.done():
-                    break
-                if journaled.cancelled() or journaled.exception() is not None:
-                    self.halt(JOURNAL_FAILED)
-                    break
-            self._unreleased.popleft()
-            self.events.append(event)
-            released = True
-        if released:
-            self._wake()
-        return bool(self._unreleased)
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []

@@ -18,42 +18,20 @@ from pathlib import Path
 import grpc
 import pytest
 
-from service.auth import hash_token
 from service.grpc.convert import field_from_proto, settings_from_proto, settings_to_proto
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from service.sessions.simulated import DEFAULT_SETTINGS
 from service.settings import Field, Settings
-from tests.helpers.journal_restart import StartGateway
+from tests.helpers.journal_restart import StartGateway, write_config
 from tests.helpers.processes import TIMEOUT, GatewayProcess
 from tests.helpers.updates import FIVE_CHANGES
 
 TOKEN = "journal-restart-token"
 
 
-def _config(data_dir: Path, latency_ms: int) -> str:
-    return f"""
-listen = "127.0.0.1:0"
-http_listen = "127.0.0.1:0"
-data_dir = "{data_dir}"
-rate_limit_per_minute = 0
-shutdown_grace_seconds = 5
-
-[[accounts]]
-name = "acme"
-token_sha256 = "{hash_token(TOKEN)}"
-
-[[instances]]
-name = "sales"
-account = "acme"
-latency_ms = {latency_ms}
-"""
-
-
 def _write_config(tmp_path: Path, data_dir: Path, latency_ms: int) -> Path:
-    path = tmp_path / "gateway.toml"
-    path.write_text(_config(data_dir, latency_ms))
-    return path
+    return write_config(tmp_path, data_dir, token=TOKEN, latency_ms=latency_ms)
 
 
 @dataclass

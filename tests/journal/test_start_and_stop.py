@@ -18,12 +18,11 @@ from pathlib import Path
 import grpc
 from grpc_status import rpc_status
 
-from service.auth import hash_token
 from service.grpc.convert import settings_to_proto
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from tests.helpers.faults import JournalLock
-from tests.helpers.journal_restart import StartGateway
+from tests.helpers.journal_restart import StartGateway, write_config
 from tests.helpers.processes import TIMEOUT, stripped_env
 from tests.helpers.rich_status import error_info, update_response
 from tests.helpers.updates import FIVE_CHANGES
@@ -33,26 +32,10 @@ METADATA = (("token", TOKEN),)
 
 
 def _config(tmp_path: Path, data_dir: Path, *, listen: str, latency_ms: int, grace: float) -> Path:
-    path = tmp_path / "gateway.toml"
-    path.write_text(
-        f"""
-listen = "{listen}"
-http_listen = ""
-data_dir = "{data_dir}"
-rate_limit_per_minute = 0
-shutdown_grace_seconds = {grace}
-
-[[accounts]]
-name = "acme"
-token_sha256 = "{hash_token(TOKEN)}"
-
-[[instances]]
-name = "sales"
-account = "acme"
-latency_ms = {latency_ms}
-"""
-    )
-    return path
+    return write_config(
+        tmp_path, data_dir, token=TOKEN, latency_ms=latency_ms, listen=listen, http_listen="",
+        grace=grace,
+    )  # fmt: skip
 
 
 def _free_port() -> int:
