@@ -105,13 +105,15 @@ class WaGateway:
         return response.instance
 
     async def wait_state(
-        self, name: str, state: State, within: float = TIMEOUT
+        self, name: str, state: State, within: float = TIMEOUT, error: str | None = None
     ) -> instance_pb.Instance:
-        """Polls GetInstance until ``name`` reports ``state``; fails after ``within`` seconds."""
+        """Polls GetInstance until ``name`` reports ``state`` (and, if given, a last error that
+        starts with ``error``: a state can be passed through on the way with another cause);
+        fails after ``within`` seconds."""
         deadline = time.monotonic() + within
         while True:
             current = await self.instance(name)
-            if current.state == state:
+            if current.state == state and current.last_error.startswith(error or ""):
                 return current
             if time.monotonic() > deadline:
                 pytest.fail(
