@@ -51,6 +51,10 @@ DEFAULT_KEEPALIVE_PERMIT_WITHOUT_CALLS = False
 DEFAULT_KEEPALIVE_MAX_PING_STRIKES = 2
 #: ``auto``: JSON lines unless the log stream (stderr) is a terminal.
 DEFAULT_LOG_FORMAT: Final = "auto"
+#: Replicas (``database_url``): a lease lasts this long unless renewed, and is renewed this
+#: often; a dead replica's instances move within about the TTL plus one renewal.
+DEFAULT_LEASE_TTL_SECONDS = 10.0
+DEFAULT_LEASE_RENEW_SECONDS = 2.0
 ENV_PREFIX = "PRIVACY_GATEWAY_"
 
 #: The schemes whatsmeow dials through (client.go:317-340: http, https, socks5; anything else is
@@ -187,8 +191,31 @@ class GatewayConfig(_Strict):
     tls_key_file: FilePath | None = None
     #: Mutual TLS: callers must present a certificate signed by this CA (PEM; needs the two above).
     tls_client_ca_file: FilePath | None = None
+    #: A ``postgres://`` URL: replicas of this gateway share that database (the operation
+    #: journal, instance leases, the rate limit, WhatsApp session stores). Unset: one process,
+    #: everything under ``data_dir``.
+    database_url: Annotated[str, StringConstraints(pattern=r"^postgres(ql)?://")] | None = None
+    #: This replica's name among the others (``database_url`` only); unset: the host name and a
+    #: random suffix, new at each start.
+    replica_id: Name | None = None
+    #: Where the other replicas reach this one's gRPC and REST ports (``host:port``); unset: the
+    #: listen address, with the host name for a wildcard host and the bound port for port 0.
+    advertise_address: HostPort | None = None
+    advertise_http_address: HostPort | None = None
+    lease_ttl_seconds: Annotated[float, Field(gt=0)] = DEFAULT_LEASE_TTL_SECONDS
+    lease_renew_seconds: Annotated[float, Field(gt=0)] = DEFAULT_LEASE_RENEW_SECONDS
     accounts: list[AccountConfig] = []
     instances: list[InstanceConfig] = []
+
+    @model_validator(mode="after")
+    def _lease_timing(self) -> GatewayConfig:
+        if self.lease_renew_seconds * 3 > self.lease_ttl_seconds:
+            raise _ReferenceError(
+                ("lease_renew_seconds",),
+                f"must be at most a third of lease_ttl_seconds ({self.lease_ttl_seconds:g}), "
+                "so that two renewals can fail before a lease could expire",
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_files(self) -> GatewayConfig:
@@ -415,6 +442,11 @@ _ENV_KEYS = {
     "MAX_CONCURRENT_CALLS": "max_concurrent_calls",
     "MAX_PENDING_CALLS": "max_pending_calls",
     "MAX_MESSAGE_BYTES": "max_message_bytes",
+    # A replica's own: the database (its password stays out of files), its name, its address.
+    "DATABASE_URL": "database_url",
+    "REPLICA_ID": "replica_id",
+    "ADVERTISE_ADDRESS": "advertise_address",
+    "ADVERTISE_HTTP_ADDRESS": "advertise_http_address",
 }
 _INT_KEYS = (
     "rate_limit_per_minute",

@@ -28,8 +28,11 @@ class RateLimiter:
         self._item = RateLimitItemPerMinute(per_minute) if per_minute else None
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
 
-    def check(self, key: str) -> None:
-        """Counts one request for ``key``; raises RESOURCE_EXHAUSTED when over the limit."""
+    async def check(self, key: str) -> None:
+        """Counts one request for ``key``; raises RESOURCE_EXHAUSTED when over the limit.
+
+        A coroutine because a limit shared by replicas is a database round trip; this one, in
+        memory, never waits."""
         if self._item is None or self._limiter.hit(self._item, key):
             return
         reset_at = self._limiter.get_window_stats(self._item, key).reset_time

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -29,6 +29,7 @@ from service.config import from_mapping
 from service.grpc.server import start_server
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from tests.helpers.harness import GatewayFactory, Harness, gateway_config
+from tests.helpers.postgres import PostgresServer
 from tests.helpers.rest_client import Rest, serving
 
 
@@ -98,3 +99,18 @@ async def start_whatsapp(tmp_path: Path) -> AsyncIterator[Any]:
 
     async with whatsapp_gateways(tmp_path) as start:
         yield start
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One real PostgreSQL server on loopback for the whole run (``tests/helpers/postgres.py``),
+    started on first use and stopped at the end."""
+    server = PostgresServer(tmp_path_factory.mktemp("postgres")).start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def database_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database of that server, for one test: its ``database_url``."""
+    return postgres_server.new_database()

@@ -39,12 +39,12 @@ class Gateway:
     #: What ``/metrics`` shows of this gateway (``service.observability``).
     metrics: Metrics = field(default_factory=Metrics)
 
-    def admit(self, token: str | None, names: WireNames) -> Caller:
+    async def admit(self, token: str | None, names: WireNames) -> Caller:
         """The caller holding ``token``, counted against its rate limit; raises the
         UNAUTHENTICATED or RESOURCE_EXHAUSTED it is refused with."""
         principal = self.tokens.authenticate(token)
         try:
-            self.limiter.check(principal.token_sha256)
+            await self.limiter.check(principal.token_sha256)
         except GatewayError:
             self.metrics.rate_limited()
             raise

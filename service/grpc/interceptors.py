@@ -105,13 +105,15 @@ class GuardInterceptor(aio.ServerInterceptor):
         instance = getattr(request, "instance", None)
         return calls.begin("grpc", method, instance, self._gateway.instances)
 
-    def _admit(self, request: Any, context: aio.ServicerContext[Any, Any], call: Call) -> None:
+    async def _admit(
+        self, request: Any, context: aio.ServicerContext[Any, Any], call: Call
+    ) -> None:
         token = None
         for key, value in context.invocation_metadata() or ():
             if key == TOKEN_METADATA_KEY:
                 token = value if isinstance(value, str) else value.decode(errors="surrogateescape")
                 break
-        caller = self._gateway.admit(token, GRPC)
+        caller = await self._gateway.admit(token, GRPC)
         call.admitted(caller.principal)
         current_caller.set(caller)
         if isinstance(request, Malformed):
@@ -122,7 +124,7 @@ class GuardInterceptor(aio.ServerInterceptor):
             call = self._begin(method, request)
             try:
                 with self._gateway.calls.held():
-                    self._admit(request, context, call)
+                    await self._admit(request, context, call)
                     return await behavior(request, context)
             except GatewayError as error:
                 call.failed(error)
@@ -142,7 +144,7 @@ class GuardInterceptor(aio.ServerInterceptor):
             call = self._begin(method, request)
             try:
                 with self._gateway.calls.held():
-                    self._admit(request, context, call)
+                    await self._admit(request, context, call)
                     async for response in behavior(request, context):
                         yield response
             except GatewayError as error:

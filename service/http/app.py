@@ -73,11 +73,11 @@ class PrivacyApi:
         self._gateway = gateway
 
     async def get(self, request: web.Request) -> web.StreamResponse:
-        settings = await self._admit(request).read_settings(_instance(request))
+        settings = await (await self._admit(request)).read_settings(_instance(request))
         return web.json_response(responses.settings_body(settings))
 
     async def update(self, request: web.Request) -> web.StreamResponse:
-        caller = self._admit(request)
+        caller = await self._admit(request)
         # Who may act on which instance is judged before the body, as on gRPC.
         caller.instance(_instance(request))
         requested = request_body.requested_settings(await _json_body(request))
@@ -99,12 +99,12 @@ class PrivacyApi:
         return web.json_response(responses.updated_body(snapshot, handle.operation_id))
 
     async def get_operation(self, request: web.Request) -> web.StreamResponse:
-        caller = self._admit(request)
+        caller = await self._admit(request)
         row = await caller.operation(_instance(request), request.match_info["operation_id"])
         return web.json_response({"success": True, "operation": responses.operation_json(row)})
 
     async def list_operations(self, request: web.Request) -> web.StreamResponse:
-        caller = self._admit(request)
+        caller = await self._admit(request)
         page = await caller.operations(
             _instance(request), request.query.get("pageSize"), request.query.get("pageToken", "")
         )
@@ -115,8 +115,8 @@ class PrivacyApi:
         }
         return web.json_response(body)
 
-    def _admit(self, request: web.Request) -> Caller:
-        caller = self._gateway.admit(request.headers.get("token"), REST)
+    async def _admit(self, request: web.Request) -> Caller:
+        caller = await self._gateway.admit(request.headers.get("token"), REST)
         request[PRINCIPAL] = caller.principal
         return caller
 
