@@ -438,6 +438,19 @@ JOURNAL_UNAVAILABLE = _reason(
     "the journal cannot take writes (nothing was sent), or still owes an earlier update's "
     "outcome for the instance (+ RetryInfo)",
 )  # fmt: skip
+INSTANCE_UNOWNED = _reason(
+    "INSTANCE_UNOWNED", _Off, 503,
+    "No replica serves instance {instance} right now: its lease is moving to another replica",
+    "replicas only: the instance's owner stopped or died and no other replica has taken its "
+    "lease yet (within about lease_ttl_seconds); retry (+ RetryInfo)", metadata=("instance",),
+)  # fmt: skip
+OWNER_UNREACHABLE = _reason(
+    "OWNER_UNREACHABLE", _Off, 503,
+    "Instance {instance} is served by replica {replica}, which could not be reached: {detail}",
+    "replicas only: the call was forwarded to the instance's owner and the owner did not answer "
+    "(it died, or the network failed); a retry with the same request id is safe",
+    metadata=("instance", "replica"),
+)  # fmt: skip
 INTERRUPTED = _reason(
     "INTERRUPTED", _Off, 500, "{detail}",
     "a retry of an update the previous gateway process was stopped in the middle of",
