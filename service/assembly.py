@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.auth import Principal, Scope, TokenRegistry
+from service.cluster.replica import Cluster
 from service.config import GatewayConfig, InstanceConfig
 from service.gateway import Gateway
 from service.instances import Instance, InstanceDirectory
@@ -36,8 +38,10 @@ def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gate
     if any(i.session == "whatsapp" for i in config.instances):
         blocking = BlockingCalls(config.stanza_threads)
     sessions = WhatsAppSessions(config, blocking, ffi)
+    cluster = Cluster(config) if config.database_url is not None else None
     instances = InstanceDirectory(
-        Instance(i.name, i.account, sessions.build(i)) for i in config.instances
+        Instance(i.name, i.account, sessions.build(i), serving=_serving(cluster, i.name))
+        for i in config.instances
     )
     limiter = RateLimiter(config.rate_limit_per_minute)
     retention = config.journal_retention_days * 86400
@@ -53,7 +57,15 @@ def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gate
         calls=CallLimiter(config.max_concurrent_calls),
         limits=TransportLimits.of(config),
         metrics=metrics,
+        cluster=cluster,
     )
+
+
+def _serving(cluster: Cluster | None, name: str) -> Callable[[], bool]:
+    """Always, for one process; for a replica, while it holds the instance's lease."""
+    if cluster is None:
+        return lambda: True
+    return lambda: cluster.holds(name)
 
 
 class WhatsAppSessions:

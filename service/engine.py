@@ -79,6 +79,7 @@ DEADLINE_PASSED = Halt(errors.DEADLINE_EXCEEDED, "the deadline passed")
 CALLER_CANCELLED = Halt(errors.CANCELLED, "the caller cancelled")
 SHUTTING_DOWN = Halt(errors.SHUTTING_DOWN, "the gateway is shutting down")
 JOURNAL_FAILED = Halt(errors.JOURNAL_FAILED, "the journal could not record the update")
+LEASE_LOST = Halt(errors.LEASE_LOST, "this replica lost the instance's lease")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,8 @@ def validate(requested: Mapping[Field, str]) -> Settings:
 
 async def read_settings(instance: Instance) -> Settings:
     """The instance's complete settings, from the session (its cache when it has one)."""
+    if not instance.serving():
+        raise errors.INSTANCE_UNOWNED.error(instance=instance.name)
     if not instance.session.connected:
         raise errors.INSTANCE_NOT_CONNECTED.error(instance=instance.name)
     try:

@@ -438,6 +438,13 @@ JOURNAL_UNAVAILABLE = _reason(
     "the journal cannot take writes (nothing was sent), or still owes an earlier update's "
     "outcome for the instance (+ RetryInfo)",
 )  # fmt: skip
+LEASE_LOST = _reason(
+    "LEASE_LOST", _Off, 503,
+    "this replica lost the instance's lease before updating {field} privacy",
+    "replicas only: the replica serving the update could no longer renew the instance's lease "
+    "(the database was unreachable, or it was stalled), so it stopped before another replica "
+    "could take over; what was applied is in the details",
+)  # fmt: skip
 INSTANCE_UNOWNED = _reason(
     "INSTANCE_UNOWNED", _Off, 503,
     "No replica serves instance {instance} right now: its lease is moving to another replica",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from service import errors
@@ -21,6 +21,10 @@ class Instance:
     #: Held for a whole update, so updates to one instance run one at a time in arrival order
     #: (asyncio.Lock wakes its waiters first-in, first-out).
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Whether this process may act on the instance now. Always, for one process; between
+    #: replicas, only while it holds the instance's lease (``service.cluster``): checked before
+    #: every read and every stanza, so a replica resumed after a stall sends nothing.
+    serving: Callable[[], bool] = field(default=lambda: True)
 
 
 class InstanceDirectory:

@@ -83,6 +83,10 @@ async def serve_until_signalled(
         raise
     await grpc_server.start()
     await gateway.start_sessions()
+    await gateway.join(
+        _bound(grpc_address, grpc_server.port),
+        _bound(http_address, http_server.port) if http_address and http_server else None,
+    )
     # What is alive once started (modules, descriptors, the configuration, the instances) lives
     # as long as the process: frozen, the collector stops walking it on every collection.
     gc.collect()
@@ -110,6 +114,12 @@ async def serve_until_signalled(
     if metrics_server is not None:
         await metrics_server.stop()
     log.info("stopped")
+
+
+def _bound(address: str, port: int | None) -> str:
+    """``address`` with the port it was bound to (a configured port 0 picks one)."""
+    host = address.rpartition(":")[0]
+    return f"{host}:{port}"
 
 
 async def _halt_before_grace_ends(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from service.auth import TokenRegistry
 from service.config import DEFAULT_MAX_CONCURRENT_CALLS
+from service.engine import LEASE_LOST
 from service.errors import GatewayError
 from service.gateway.caller import Caller
 from service.gateway.rules import WireNames
@@ -17,6 +19,9 @@ from service.operations import Operations
 from service.ratelimit import RateLimiter
 from service.sessions.base import SettingsChange
 from service.sessions.whatsapp.threads import BlockingCalls
+
+if TYPE_CHECKING:
+    from service.cluster.replica import Cluster
 
 
 @dataclass
@@ -38,6 +43,8 @@ class Gateway:
     limits: TransportLimits = field(default_factory=TransportLimits)
     #: What ``/metrics`` shows of this gateway (``service.observability``).
     metrics: Metrics = field(default_factory=Metrics)
+    #: This replica among the others on ``database_url``; None: one process serves everything.
+    cluster: Cluster | None = None
 
     async def admit(self, token: str | None, names: WireNames) -> Caller:
         """The caller holding ``token``, counted against its rate limit; raises the
@@ -56,13 +63,48 @@ class Gateway:
         await self.start_sessions()
 
     async def open(self) -> None:
-        """Opens the journal; raises ``JournalError`` (one line) when it cannot be used."""
+        """Opens the shared database (replicas) and the journal; raises ``JournalError`` or
+        ``DatabaseError`` (one line) when either cannot be used."""
+        if self.cluster is not None:
+            await self.cluster.open()
         await self.operations.start_up()
 
     async def start_sessions(self) -> None:
-        """Starts every session's connection in the background."""
+        """Starts every session's connection in the background (one process); a replica's
+        sessions start as it takes their leases (``join``)."""
+        if self.cluster is not None:
+            return
         for instance in self.instances:
             await instance.session.start()
+
+    async def join(self, grpc_bound: str, http_bound: str | None) -> None:
+        """A replica takes its part of the instances, once its ports are bound and the others
+        can reach it there; nothing for one process."""
+        if self.cluster is None:
+            return
+        me = self.cluster.advertised(grpc_bound, http_bound)
+        await self.cluster.join(
+            me, on_acquired=self._acquired, on_lost=self._lost, may_hand_off=self._idle
+        )
+
+    async def _acquired(self, name: str, token: int) -> None:
+        instance = self.instances.get(name)
+        if instance is not None:
+            await instance.session.start()
+
+    async def _lost(self, name: str) -> None:
+        """No further stanza; the update in flight ends and is journaled while the lease still
+        fences its writes, then the session disconnects."""
+        instance = self.instances.get(name)
+        if instance is None:
+            return
+        await self.operations.stop_instance(name, LEASE_LOST)
+        await instance.session.close()
+
+    def _idle(self, name: str) -> bool:
+        """An instance is handed to another replica only between updates."""
+        instance = self.instances.get(name)
+        return instance is not None and not instance.lock.locked()
 
     def end_watches(self) -> None:
         """Ends every watch stream cleanly (the gateway is shutting down)."""
@@ -70,8 +112,13 @@ class Gateway:
             queue.put_nowait(None)
 
     async def close(self) -> None:
-        """Lets running updates end and journals them, then disconnects every session."""
+        """Lets running updates end and journals them, then disconnects every session; a
+        replica first gives its leases back, so the others take over at once."""
+        if self.cluster is not None:
+            await self.cluster.leave()
         await self.operations.close()
         await asyncio.gather(*(i.session.close() for i in self.instances))
         if self.blocking is not None:
             self.blocking.shutdown()
+        if self.cluster is not None:
+            await self.cluster.close()

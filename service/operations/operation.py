@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from service.engine import (
     CALLER_CANCELLED,
     DEADLINE_PASSED,
+    LEASE_LOST,
     Event,
     Halt,
     Plan,
@@ -77,6 +78,10 @@ class Operation:
             self._halt = reason
 
     def halted(self) -> Halt | None:
+        """Why no further stanza may start, if one may not: halted, or the instance is no
+        longer this process's to serve (checked here too, before the lease's own stop runs)."""
+        if self._halt is None and not self.instance.serving():
+            self._halt = LEASE_LOST
         return self._halt
 
     def publish(self, event: Event) -> None:
@@ -102,13 +107,17 @@ class Operation:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def outcome(self) -> tuple[Plan, Snapshot]:
-        """The plan and the snapshot once the operation has ended; raises the error of a refused
-        update. For a caller that wants only the end: one wake-up rather than one per event."""
+    async def ended(self) -> None:
+        """Returns once the operation has ended (its outcome journaled, if it could be)."""
         if not self.done:
             waiter = self.loop.create_future()
             self._end_waiters.append(waiter)
             await waiter
+
+    async def outcome(self) -> tuple[Plan, Snapshot]:
+        """The plan and the snapshot once the operation has ended; raises the error of a refused
+        update. For a caller that wants only the end: one wake-up rather than one per event."""
+        await self.ended()
         if self.error is not None:
             raise self.error
         plan, snapshot = self.events[0], self.events[-1]

@@ -106,6 +106,15 @@ class Operations:
             operation.halt(halt)
         return len(running)
 
+    async def stop_instance(self, name: str, halt: Halt) -> None:
+        """Halts the instance's running operations and waits until they have ended and been
+        journaled (a replica handing the instance over must not give up its lease before)."""
+        running = [o for (instance, _), o in self._running.items() if instance == name]
+        for operation in running:
+            operation.halt(halt)
+        for operation in running:
+            await operation.ended()
+
     async def close(self) -> None:
         """Lets running operations end (their stanzas in flight), then closes the journal."""
         if self._closed:

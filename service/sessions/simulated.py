@@ -77,6 +77,7 @@ class SimulatedSession:
         self.sent: list[SentStanza] = []
         self._cache: Settings | None = None
         self._connected = connected
+        self._closed = False
         self._field_faults: dict[Field, str] = {}
         self._lost_answers: dict[Field, bool] = {}
         self._stanzas_before_drop: int | None = None
@@ -98,9 +99,14 @@ class SimulatedSession:
         return self._notifier.subscribe(listener)
 
     async def start(self) -> None:
-        """A simulated account is connected from the start."""
+        """A simulated account is connected from the start, and again once started after a
+        ``close`` (a replica that regains an instance's lease starts its session again)."""
+        if self._closed:
+            self._closed = False
+            self._set_connected(True)
 
     async def close(self) -> None:
+        self._closed = True
         self._set_connected(False)
 
     async def read_settings(self) -> Settings:

@@ -41,6 +41,7 @@ request message over the gateway's `max_message_bytes` is refused by grpc itself
 | UNAVAILABLE         | JOURNAL_FAILED         | the operation journal stayed unusable (a full disk, a lock held elsewhere): no further stanza was sent; what was applied is in the details, and is journaled once it can be
 | UNAVAILABLE         | JOURNAL_BEHIND         | every field was sent, but the journal could not record the outcome: it is journaled once it can be
 | UNAVAILABLE         | JOURNAL_UNAVAILABLE    | the journal cannot take writes (nothing was sent), or still owes an earlier update's outcome for the instance (+ RetryInfo)
+| UNAVAILABLE         | LEASE_LOST             | replicas only: the replica serving the update could no longer renew the instance's lease (the database was unreachable, or it was stalled), so it stopped before another replica could take over; what was applied is in the details
 | UNAVAILABLE         | INSTANCE_UNOWNED       | replicas only: the instance's owner stopped or died and no other replica has taken its lease yet (within about lease_ttl_seconds); retry (+ RetryInfo)
 | UNAVAILABLE         | OWNER_UNREACHABLE      | replicas only: the call was forwarded to the instance's owner and the owner did not answer (it died, or the network failed); a retry with the same request id is safe
 | UNAVAILABLE         | INTERRUPTED            | a retry of an update the previous gateway process was stopped in the middle of

@@ -1,0 +1,319 @@
+"""Instance leases: each instance served by exactly one replica, moved within seconds when that
+replica dies, stalls or is cut off.
+
+Every ``renew`` seconds a replica, in a few statements: records itself alive (``gateway_replicas``,
+its ``expires_at`` a TTL ahead by the database's clock), renews every lease it holds in one
+``UPDATE``, reads who is alive and who holds what, takes the leases that rendezvous hashing
+gives it among the live replicas and that nobody holds (absent or expired), and hands back those
+it holds but another settled replica should own. Each taking draws a new fencing token from one
+sequence, so a replica that lost a lease can never write with the token it had.
+
+A replica trusts a lease only until ``sent + ttl - renew`` by its own monotonic clock, ``sent``
+being when it sent the statement that last renewed it: the database's expiry is at least
+``sent + ttl``, so a replica that cannot renew (the database is gone, the network is cut, the
+process was stopped) stops serving the instance (``on_lost``) at least one renewal before
+anyone else may take it. ``holds`` checks that deadline itself, so a replica resumed after a
+stop refuses to dial or send at once, before any task of its own has run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from service import errors
+from service.cluster.database import migrate
+from service.cluster.ownership import LEASE_TABLES, Peer
+from service.cluster.rendezvous import owner_for
+
+log = logging.getLogger(__name__)
+
+#: Told when this replica starts serving an instance (its name and the lease's token), and when
+#: it stops (it lost the lease, handed it off, or is shutting down).
+Acquired = Callable[[str, int], Awaitable[None]]
+Lost = Callable[[str], Awaitable[None]]
+
+_HEARTBEAT = """
+INSERT INTO gateway_replicas (replica_id, grpc_address, http_address, expires_at)
+VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+ON CONFLICT (replica_id) DO UPDATE SET
+    grpc_address = EXCLUDED.grpc_address,
+    http_address = EXCLUDED.http_address,
+    -- A replica back after its row expired (a stop, a cut) is new again: it must settle before
+    -- instances are handed to it.
+    started_at = CASE WHEN gateway_replicas.expires_at <= now() THEN now()
+                      ELSE gateway_replicas.started_at END,
+    expires_at = EXCLUDED.expires_at
+"""
+_RENEW = """
+UPDATE gateway_leases SET expires_at = now() + make_interval(secs => $3)
+WHERE owner = $1 AND token = ANY($2::bigint[]) AND expires_at > now()
+RETURNING instance, token
+"""
+_STATE = """
+SELECT r.replica_id, r.grpc_address, r.http_address,
+       r.started_at <= now() - make_interval(secs => $1) AS settled
+FROM gateway_replicas r WHERE r.expires_at > now()
+"""
+_HOLDERS = "SELECT instance, owner, token FROM gateway_leases WHERE expires_at > now()"
+_ACQUIRE = """
+INSERT INTO gateway_leases (instance, owner, token, expires_at)
+SELECT name, $2, nextval('gateway_lease_tokens'), now() + make_interval(secs => $3)
+FROM unnest($1::text[]) AS name
+ON CONFLICT (instance) DO UPDATE SET
+    owner = EXCLUDED.owner, token = EXCLUDED.token, expires_at = EXCLUDED.expires_at
+WHERE gateway_leases.expires_at <= now()
+RETURNING instance, token
+"""
+_RELEASE = "DELETE FROM gateway_leases WHERE instance = ANY($1::text[]) AND owner = $2"
+_LEAVE = "DELETE FROM gateway_replicas WHERE replica_id = $1"
+#: Told on release, so that the others take the leases at once rather than at their next round.
+_CHANNEL = "gateway_leases_released"
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseTiming:
+    ttl: float
+    renew: float
+    #: How long a replica must have been alive before instances are handed to it: a replica
+    #: that flaps, or one just resumed after a stop, does not pull instances back and forth.
+    settle: float
+
+    @property
+    def trust(self) -> float:
+        """How long after sending a renewal this replica trusts the lease it renewed."""
+        return self.ttl - self.renew
+
+
+@dataclass(slots=True)
+class _Held:
+    token: int
+    #: ``time.monotonic()`` past which this replica no longer trusts the lease.
+    trusted_until: float
+
+
+class Leases:
+    """This replica's leases; the ``Ownership`` that routing, sessions and the journal ask."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        me: Peer,
+        instances: Sequence[str],
+        timing: LeaseTiming,
+        *,
+        on_acquired: Acquired,
+        on_lost: Lost,
+        may_hand_off: Callable[[str], bool] = lambda name: True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pool = pool
+        self._me = me
+        self._instances = list(instances)
+        self._timing = timing
+        self._on_acquired = on_acquired
+        self._on_lost = on_lost
+        self._may_hand_off = may_hand_off
+        self._clock = clock
+        self._held: dict[str, _Held] = {}
+        #: Who held each instance at the last round, and the live replicas then.
+        self._owners: dict[str, str] = {}
+        self._peers: dict[str, Peer] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._listener: PoolConnectionProxy | None = None
+        self._closed = False
+        #: Serializes rounds and the watchdog's expiries (each may call the callbacks).
+        self._lock = asyncio.Lock()
+
+    # -- Ownership -----------------------------------------------------------------------------
+
+    @property
+    def replica_id(self) -> str:
+        return self._me.replica_id
+
+    def holds(self, instance: str) -> bool:
+        held = self._held.get(instance)
+        return held is not None and self._clock() < held.trusted_until
+
+    def token(self, instance: str) -> int | None:
+        held = self._held.get(instance)
+        return held.token if held is not None and self._clock() < held.trusted_until else None
+
+    def route(self, instance: str) -> Peer | None:
+        if self.holds(instance):
+            return None
+        owner = self._owners.get(instance)
+        peer = self._peers.get(owner) if owner is not None else None
+        if peer is None or owner == self.replica_id:
+            raise errors.INSTANCE_UNOWNED.error(retry_after=self._timing.renew, instance=instance)
+        return peer
+
+    def owner(self, instance: str) -> str | None:
+        """The replica that held ``instance`` at the last round (None: nobody)."""
+        if self.holds(instance):
+            return self.replica_id
+        return self._owners.get(instance)
+
+    @property
+    def held(self) -> list[str]:
+        return [name for name in self._instances if self.holds(name)]
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Creates the tables, joins, takes this replica's first leases, then keeps them."""
+        await migrate(self._pool, LEASE_TABLES)
+        await self._round()
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            listener = await self._pool.acquire()
+            await listener.add_listener(_CHANNEL, self._released_elsewhere)
+            self._listener = listener
+        self._tasks = [
+            asyncio.create_task(self._keep(), name="leases-renew"),
+            asyncio.create_task(self._watch(), name="leases-watchdog"),
+        ]
+
+    async def close(self, *, release: bool = True) -> None:
+        """Stops serving every instance, then (``release``) gives the leases back and leaves,
+        so that the other replicas take them at once instead of after the TTL."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        async with self._lock:
+            held = list(self._held)
+            await self._lose(held)
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.remove_listener(_CHANNEL, self._released_elsewhere)
+                await self._pool.release(self._listener)
+        if not release:
+            return
+        try:
+            async with self._pool.acquire() as connection, connection.transaction():
+                await connection.execute(_RELEASE, held, self.replica_id)
+                await connection.execute(_LEAVE, self.replica_id)
+                await connection.execute(f"NOTIFY {_CHANNEL}")
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("leases: could not release (they expire on their own): %s", exc)
+        else:
+            if held:
+                log.info("leases: released %d instance(s) for the other replicas", len(held))
+
+    def _released_elsewhere(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _keep(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._timing.renew)
+            self._wake.clear()
+            try:
+                await self._round()
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # The watchdog stops the instances once their leases can no longer be trusted.
+                log.warning("leases: renewal failed: %s", exc)
+
+    async def _watch(self) -> None:
+        """Stops serving each instance whose lease this replica can no longer trust, even while
+        a round is stuck on an unanswering database."""
+        while True:
+            await asyncio.sleep(self._timing.renew / 4)
+            overdue = [n for n, h in self._held.items() if self._clock() >= h.trusted_until]
+            if overdue:
+                log.warning("leases: %s not renewed in time: no longer served", ", ".join(overdue))
+                await self._lose(overdue)
+
+    async def _round(self) -> None:
+        timing, me = self._timing, self._me
+        async with self._pool.acquire() as connection:
+            sent = self._clock()
+            await connection.execute(
+                _HEARTBEAT, me.replica_id, me.grpc_address, me.http_address, timing.ttl
+            )
+            renewed = await connection.fetch(
+                _RENEW, me.replica_id, [h.token for h in self._held.values()], timing.ttl
+            )
+            replicas = await connection.fetch(_STATE, timing.settle)
+            holders = await connection.fetch(_HOLDERS)
+            async with self._lock:
+                await self._renewed(renewed, sent)
+                self._peers = {
+                    r["replica_id"]: Peer(r["replica_id"], r["grpc_address"], r["http_address"])
+                    for r in replicas
+                }
+                self._owners = {h["instance"]: h["owner"] for h in holders}
+                settled = [r["replica_id"] for r in replicas if r["settled"]]
+                # Leases go to settled replicas; to any live one only when none has settled (a
+                # cluster starting). A replica resumed after a stop is unsettled again, so it
+                # does not pull back what was taken over while it was away.
+                candidates = settled or list(self._peers)
+                wanted = [
+                    name
+                    for name in self._instances
+                    if name not in self._owners and owner_for(name, candidates) == me.replica_id
+                ]
+                if wanted:
+                    sent = self._clock()
+                    taken = await connection.fetch(_ACQUIRE, wanted, me.replica_id, timing.ttl)
+                    await self._taken(taken, sent)
+                await self._hand_off(connection, settled)
+
+    async def _renewed(self, rows: Iterable[asyncpg.Record], sent: float) -> None:
+        kept = {row["instance"] for row in rows}
+        for name in kept:
+            if name in self._held:
+                self._held[name].trusted_until = sent + self._timing.trust
+        lost = [name for name in self._held if name not in kept]
+        if lost:
+            log.warning("leases: %s taken by another replica: no longer served", ", ".join(lost))
+            await self._lose(lost)
+
+    async def _taken(self, rows: Iterable[asyncpg.Record], sent: float) -> None:
+        for row in rows:
+            name, token = row["instance"], row["token"]
+            self._held[name] = _Held(token, sent + self._timing.trust)
+            self._owners[name] = self.replica_id
+            log.info("leases: serving %s (token %d)", name, token)
+            try:
+                await self._on_acquired(name, token)
+            except Exception:  # one instance's failed start must not stop the others
+                log.exception("leases: starting %s failed", name)
+
+    async def _hand_off(self, connection: PoolConnectionProxy, settled: list[str]) -> None:
+        """Gives back the instances a settled replica should own (it joined), once idle."""
+        if not settled or self.replica_id not in settled:
+            return
+        leaving = [
+            name
+            for name in self._held
+            if owner_for(name, settled) != self.replica_id and self._may_hand_off(name)
+        ]
+        if not leaving:
+            return
+        await self._lose(leaving)
+        await connection.execute(_RELEASE, leaving, self.replica_id)
+        await connection.execute(f"NOTIFY {_CHANNEL}")
+        for name in leaving:
+            self._owners.pop(name, None)
+        log.info("leases: handed %s to the replicas that now own them", ", ".join(leaving))
+
+    async def _lose(self, names: Iterable[str]) -> None:
+        for name in list(names):
+            if self._held.pop(name, None) is None:
+                continue
+            self._owners.pop(name, None)
+            try:
+                await self._on_lost(name)
+            except Exception:
+                log.exception("leases: stopping %s failed", name)

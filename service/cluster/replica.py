@@ -1,0 +1,134 @@
+"""What ``database_url`` adds to a gateway: the shared pool, and this replica's place among the
+others (its name, the addresses it advertises, its leases).
+
+A ``Cluster`` is made with the gateway (``service.assembly``) and is its ``Ownership`` from the
+start: until it has joined (``join``, once the ports are bound and their addresses known) it
+holds no lease, so it serves nothing itself. Joining starts the leases, and the leases start and
+stop the instances' sessions: a replica connects a session only while it holds its lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+from collections.abc import Callable
+
+import asyncpg
+
+from service import errors
+from service.cluster.database import open_pool
+from service.cluster.leases import Acquired, Leases, LeaseTiming, Lost
+from service.cluster.ownership import Peer
+from service.config import GatewayConfig
+
+log = logging.getLogger(__name__)
+
+#: Instances move to a replica only once it has been alive this many TTLs (see ``LeaseTiming``).
+SETTLE_TTLS = 3
+_WILDCARDS = {"0.0.0.0", "::", "[::]", ""}
+
+
+class Cluster:
+    """This replica among the others sharing ``database_url``; the gateway's ``Ownership``."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        assert config.database_url is not None
+        self._url = config.database_url
+        self._replica_id = config.replica_id or f"{socket.gethostname()}-{secrets.token_hex(3)}"
+        self._advertise = (config.advertise_address, config.advertise_http_address)
+        self._instances = [i.name for i in config.instances]
+        ttl = config.lease_ttl_seconds
+        self.timing = LeaseTiming(ttl, config.lease_renew_seconds, SETTLE_TTLS * ttl)
+        self._pool: asyncpg.Pool | None = None
+        self.leases: Leases | None = None
+        self.me: Peer | None = None
+
+    async def open(self) -> asyncpg.Pool:
+        """The shared pool, opened on first use; raises ``DatabaseError`` (one line)."""
+        if self._pool is None:
+            self._pool = await open_pool(self._url)
+        return self._pool
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the cluster's database is not open: call open() first")
+        return self._pool
+
+    # -- Ownership -----------------------------------------------------------------------------
+
+    @property
+    def replica_id(self) -> str:
+        return self._replica_id
+
+    def holds(self, instance: str) -> bool:
+        return self.leases is not None and self.leases.holds(instance)
+
+    def token(self, instance: str) -> int | None:
+        return self.leases.token(instance) if self.leases is not None else None
+
+    def route(self, instance: str) -> Peer | None:
+        if self.leases is None:
+            raise errors.INSTANCE_UNOWNED.error(retry_after=self.timing.renew, instance=instance)
+        return self.leases.route(instance)
+
+    def owner(self, instance: str) -> str | None:
+        """The replica serving ``instance`` as last seen (None: nobody, for now)."""
+        return self.leases.owner(instance) if self.leases is not None else None
+
+    # -- joining and leaving -------------------------------------------------------------------
+
+    def advertised(self, grpc_bound: str, http_bound: str | None) -> Peer:
+        """Where the others reach this replica: the configured addresses, else the bound ones
+        with the host name in place of a wildcard host."""
+        grpc_address, http_address = self._advertise
+        return Peer(
+            self._replica_id,
+            grpc_address or _reachable(grpc_bound),
+            http_address or (_reachable(http_bound) if http_bound else None),
+        )
+
+    async def join(
+        self,
+        me: Peer,
+        *,
+        on_acquired: Acquired,
+        on_lost: Lost,
+        may_hand_off: Callable[[str], bool],
+    ) -> None:
+        """Takes part in the leases: from now on this replica serves what it holds."""
+        self.me = me
+        self.leases = Leases(
+            self.pool,
+            me,
+            self._instances,
+            self.timing,
+            on_acquired=on_acquired,
+            on_lost=on_lost,
+            may_hand_off=may_hand_off,
+        )
+        await self.leases.start()
+        log.info(
+            "replica %s joined at %s; serving %d of %d instance(s)",
+            me.replica_id,
+            me.grpc_address,
+            len(self.leases.held),
+            len(self._instances),
+        )
+
+    async def leave(self) -> None:
+        """Stops serving every instance and gives their leases back (SIGTERM: an immediate
+        handoff, rather than one after the TTL)."""
+        if self.leases is not None:
+            await self.leases.close(release=True)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+
+def _reachable(bound: str) -> str:
+    host, _, port = bound.rpartition(":")
+    return f"{socket.gethostname()}:{port}" if host in _WILDCARDS else bound

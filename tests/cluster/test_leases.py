@@ -1,0 +1,226 @@
+"""Leases in a real PostgreSQL: one owner per instance, takeover after the TTL, fencing tokens
+that only grow, a stalled or cut-off replica stopping before anyone else may start.
+
+Each ``Leases`` here is one replica's (its own pool), as in separate processes; the process-level
+tests (tests/cluster/test_replicas.py) kill, stop and resume real gateway processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from service.cluster.database import open_pool
+from service.cluster.leases import Leases, LeaseTiming
+from service.cluster.ownership import Peer
+from service.errors import GatewayError
+from tests.helpers.postgres import PostgresServer
+
+INSTANCES = [f"acct-{n}" for n in range(12)]
+TIMING = LeaseTiming(ttl=1.2, renew=0.2, settle=0.6)
+
+
+class Replica:
+    """One replica's leases and what it was told: which instances it served, when."""
+
+    def __init__(self, name: str, pool: asyncpg.Pool, clock: Callable[[], float]) -> None:
+        self.name = name
+        self.serving: set[str] = set()
+        self.tokens: dict[str, list[int]] = {}
+        self.lost_at: dict[str, float] = {}
+        self.leases = Leases(
+            pool,
+            Peer(name, f"127.0.0.1:{1000 + len(name)}", None),
+            INSTANCES,
+            TIMING,
+            on_acquired=self._acquired,
+            on_lost=self._lost,
+            clock=clock,
+        )
+
+    async def _acquired(self, name: str, token: int) -> None:
+        self.serving.add(name)
+        self.tokens.setdefault(name, []).append(token)
+
+    async def _lost(self, name: str) -> None:
+        self.serving.discard(name)
+        self.lost_at[name] = time.monotonic()
+
+    def crash(self) -> None:
+        """Stops renewing at once, releasing nothing (a SIGKILL, as the database sees it)."""
+        for task in self.leases._tasks:
+            task.cancel()
+
+
+@pytest.fixture
+async def replicas(database_url: str) -> AsyncIterator[Callable[..., asyncio.Future[Replica]]]:
+    made: list[tuple[Replica, asyncpg.Pool]] = []
+
+    async def make(name: str, clock: Callable[[], float] = time.monotonic) -> Replica:
+        pool = await open_pool(database_url)
+        replica = Replica(name, pool, clock)
+        made.append((replica, pool))
+        await replica.leases.start()
+        return replica
+
+    yield make  # type: ignore[misc]
+    for replica, pool in made:
+        replica.crash()
+        await replica.leases.close(release=False)
+        await pool.close()
+
+
+async def eventually(check: Callable[[], bool], within: float) -> float:
+    """Seconds until ``check`` held; fails after ``within``."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > within:
+            pytest.fail(f"not within {within} s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+def held_by(*replicas: Replica) -> dict[str, list[str]]:
+    return {i: [r.name for r in replicas if r.leases.holds(i)] for i in INSTANCES}
+
+
+async def test_a_lone_replica_serves_every_instance(replicas: Callable[..., Replica]) -> None:
+    a = await replicas("a")  # type: ignore[misc]
+
+    assert a.serving == set(INSTANCES)
+    assert all(a.leases.route(i) is None for i in INSTANCES)
+
+
+async def test_every_instance_has_exactly_one_owner_while_replicas_join(
+    replicas: Callable[..., Replica],
+) -> None:
+    a = await replicas("a")  # type: ignore[misc]
+    b = await replicas("b")  # type: ignore[misc]
+    c = await replicas("c")  # type: ignore[misc]
+    deadline = time.monotonic() + TIMING.settle + 6 * TIMING.renew + 1.0
+    shares: set[tuple[int, int, int]] = set()
+    while time.monotonic() < deadline:
+        for owners in held_by(a, b, c).values():
+            assert len(owners) <= 1, "two replicas serving one instance"
+        shares.add((len(a.serving), len(b.serving), len(c.serving)))
+        await asyncio.sleep(0.01)
+    # Once b and c have settled, each serves its rendezvous share and nothing is unserved.
+    assert all(len(owners) == 1 for owners in held_by(a, b, c).values())
+    assert len(b.serving) > 0
+    assert len(c.serving) > 0
+    assert a.serving | b.serving | c.serving == set(INSTANCES)
+    # The others route there.
+    for instance in INSTANCES:
+        owner = next(r for r in (a, b, c) if r.leases.holds(instance))
+        for other in {a, b, c} - {owner}:
+            peer = other.leases.route(instance)
+            assert peer is not None
+            assert peer.replica_id == owner.name
+
+
+async def test_a_dead_replicas_instances_are_taken_over_after_the_ttl(
+    replicas: Callable[..., Replica],
+) -> None:
+    a = await replicas("a")  # type: ignore[misc]
+    b = await replicas("b")  # type: ignore[misc]
+    first_tokens = {i: a.tokens[i][-1] for i in INSTANCES}
+
+    a.crash()
+    crashed = time.monotonic()
+    took = await eventually(lambda: b.serving == set(INSTANCES), TIMING.ttl + 5 * TIMING.renew)
+
+    assert took >= TIMING.ttl - TIMING.renew  # not before a's leases could have expired
+    assert took <= TIMING.ttl + 3 * TIMING.renew
+    print(f"takeover after a crash: {took:.2f} s (ttl {TIMING.ttl} s, renew {TIMING.renew} s)")
+    # a's watchdog is gone with its tasks; what it would trust has lapsed by its own clock too.
+    assert time.monotonic() - crashed >= TIMING.trust
+    assert not any(a.leases.holds(i) for i in INSTANCES)
+    assert all(b.tokens[i][-1] > first_tokens[i] for i in INSTANCES), "tokens only grow"
+
+
+async def test_a_released_lease_is_taken_at_once(replicas: Callable[..., Replica]) -> None:
+    a = await replicas("a")  # type: ignore[misc]
+    b = await replicas("b")  # type: ignore[misc]
+
+    await a.leases.close(release=True)
+    took = await eventually(lambda: b.serving == set(INSTANCES), TIMING.ttl)
+
+    # Well before the TTL: the release is NOTIFYed and b runs a round at once.
+    assert took < TIMING.renew + 0.3
+    assert a.serving == set()
+
+
+async def test_a_stalled_replica_stops_trusting_its_leases_before_they_can_expire(
+    replicas: Callable[..., Replica],
+) -> None:
+    """A replica resumed after a stop longer than its trust must refuse at once: ``holds`` is
+    checked against its own clock, before any task of its own has had a chance to run."""
+    offset = 0.0
+    a = await replicas("a", clock=lambda: time.monotonic() + offset)  # type: ignore[misc]
+    assert a.leases.holds(INSTANCES[0])
+
+    offset = TIMING.trust  # as if the process had been stopped that long
+
+    assert not a.leases.holds(INSTANCES[0])
+    assert a.leases.token(INSTANCES[0]) is None
+    await eventually(lambda: a.serving == set(), TIMING.renew)
+
+
+async def test_a_replica_cut_off_from_the_database_stops_before_another_may_start(
+    tmp_path: Path,
+) -> None:
+    server = PostgresServer(tmp_path / "pg").start()
+    try:
+        url = server.new_database()
+        pool = await open_pool(url)
+        a = Replica("a", pool, time.monotonic)
+        await a.leases.start()
+        renewed = time.monotonic()
+        assert a.serving == set(INSTANCES)
+
+        server.pause()  # nothing answers; connections stay open
+        await eventually(lambda: a.serving == set(), TIMING.ttl + 1.0)
+
+        stopped_after = max(a.lost_at.values()) - renewed
+        # Stopped within its trust (plus one watchdog tick), so before the server's expiry.
+        assert stopped_after < TIMING.ttl
+        print(f"cut-off replica stopped serving after {stopped_after:.2f} s (ttl {TIMING.ttl} s)")
+        server.resume()
+        a.crash()
+        await a.leases.close(release=False)
+        await pool.close()
+    finally:
+        server.destroy()
+
+
+async def test_a_stale_owner_cannot_renew_a_lease_another_replica_took(
+    replicas: Callable[..., Replica], database_url: str
+) -> None:
+    a = await replicas("a")  # type: ignore[misc]
+    instance = INSTANCES[0]
+    stale = a.tokens[instance][-1]
+    connection = await asyncpg.connect(database_url)
+    try:
+        # Another replica took it after a's lease expired (as after a stop).
+        await connection.execute(
+            "UPDATE gateway_leases SET owner = 'z', token = nextval('gateway_lease_tokens'),"
+            " expires_at = now() + interval '1 hour' WHERE instance = $1",
+            instance,
+        )
+        await eventually(lambda: instance not in a.serving, 3 * TIMING.renew)
+        row = await connection.fetchrow(
+            "SELECT owner, token FROM gateway_leases WHERE instance = $1", instance
+        )
+    finally:
+        await connection.close()
+    assert row is not None
+    assert row["owner"] == "z"
+    assert row["token"] > stale
+    with pytest.raises(GatewayError) as refused:
+        a.leases.route(instance)  # z is not a live replica: nobody to forward to
+    assert refused.value.reason == "INSTANCE_UNOWNED"
