@@ -14,13 +14,20 @@ from service import data_dir
 from service import demo as demo_module
 from service.auth import hash_token, new_token
 from service.cli import client
+from service.cluster import DatabaseError
 from service.config import DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, DEFAULT_RATE_LIMIT_PER_MINUTE
 from service.demo import DEMO_LATENCY_MS
 from service.listen import ListenError
 from service.settings import FIELDS
 
 #: What the operator must change before the gateway can start, each told in one line.
-_REFUSALS = (config_module.ConfigError, data_dir.DataDirError, data_dir.JournalError, ListenError)
+_REFUSALS = (
+    config_module.ConfigError,
+    data_dir.DataDirError,
+    data_dir.JournalError,
+    ListenError,
+    DatabaseError,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,12 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result: int = args.run(args)
-    except (
-        config_module.ConfigError,
-        data_dir.DataDirError,
-        ListenError,
-        data_dir.JournalError,
-    ) as exc:
+    except _REFUSALS as exc:
         # What the operator must change before the gateway can start: one line, no traceback.
         print(f"privacy-gateway: {exc}", file=sys.stderr)
         return 2
@@ -206,6 +208,13 @@ def _serve(args: argparse.Namespace) -> int:
             print(
                 f"privacy-gateway: metrics on http://{metrics_host}:{endpoints.metrics_port}"
                 "/metrics",
+                flush=True,
+            )
+        cluster = gateway.cluster
+        if cluster is not None and cluster.leases is not None and cluster.me is not None:
+            print(
+                f"privacy-gateway: replica {cluster.replica_id} at {cluster.me.grpc_address}, "
+                f"serving {len(cluster.leases.held)} of {len(cfg.instances)} instance(s)",
                 flush=True,
             )
         if demo is not None:

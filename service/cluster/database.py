@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from service.cluster import DatabaseError
+
 #: The advisory lock key under which every replica creates tables (any constant all agree on).
 MIGRATION_LOCK = 0x70726976  # "priv"
 #: Seconds to connect before a replica gives up on the database (a silent server would
@@ -18,11 +20,6 @@ MIGRATION_LOCK = 0x70726976  # "priv"
 CONNECT_TIMEOUT_SECONDS = 5.0
 #: Seconds any one statement may take before the server cancels it.
 STATEMENT_TIMEOUT_SECONDS = 5.0
-
-
-class DatabaseError(Exception):
-    """The database cannot be used; the message says why in one line and never quotes the
-    URL (its password)."""
 
 
 async def open_pool(url: str, *, max_size: int = 10) -> asyncpg.Pool:
