@@ -13,11 +13,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import footprint, overhead, scaling, stanzas
+from benchmarks import common, footprint, overhead, scaling, stanzas
 from benchmarks.common import Row, machine
+from tools.postgres import PostgresServer
 
 SECTIONS = ("overhead", "stanzas", "scaling", "footprint")
 HEADERS = ("benchmark", "case", "gateway", "reference", "ratio", "target", "met")
@@ -33,6 +35,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw: dict[str, Any] = {"machine": host, "quick": args.quick}
     with tempfile.TemporaryDirectory(prefix="privacy-gateway-bench-") as tmp:
         workdir = Path(tmp)
+        database = None
+        if args.database == "postgres":
+            # Durable, as PostgreSQL's defaults are: a commit is flushed to the disk.
+            database = PostgresServer(workdir / "postgres", durable=True).start()
+            common.use_database(database.new_database)
+            raw["database"] = "postgres"
         jobs: dict[str, Callable[[], tuple[list[Row], Any]]] = {
             "overhead": lambda: overhead.run(
                 overhead.Size(duration=0.3, warmup=0.1, rounds=1)
@@ -55,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 section_rows, section_raw = jobs[section]()
                 rows += section_rows
                 raw[section] = section_raw
+        if database is not None:
+            common.use_database(None)
+            database.destroy()
+            rows = [replace(r, section=f"{r.section} (PostgreSQL)") for r in rows]
     raw["seconds"] = time.monotonic() - started
     command = shlex.join([sys.executable, "-m", "benchmarks", *args_list])
     raw["command"] = command
@@ -74,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the raw figures")
     parser.add_argument(
         "--only", action="append", choices=SECTIONS, help="run this part only (repeatable)"
+    )
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="where the gateways keep their journal: SQLite under data_dir (the default), or a "
+        "PostgreSQL server started for the run (database_url, as replicas run)",
     )
     return parser
 

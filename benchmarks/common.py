@@ -14,7 +14,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +51,17 @@ class Row:
     met: str = ""
 
 
+#: Makes a fresh PostgreSQL database and returns its URL, when the benchmarks run with
+#: ``--database postgres``: each gateway they start then keeps its journal, leases and rate
+#: limit there (a database of its own, so that no lease of an earlier run is in its way).
+_new_database: Callable[[], str] | None = None
+
+
+def use_database(new_database: Callable[[], str] | None) -> None:
+    global _new_database  # noqa: PLW0603 - one setting for the whole run, made by __main__
+    _new_database = new_database
+
+
 def write_config(
     path: Path,
     data_dir: Path,
@@ -66,6 +77,8 @@ def write_config(
         "shutdown_grace_seconds": 1.0,
         **keys,
     }
+    if _new_database is not None:
+        values["database_url"] = _new_database()
     lines = [f"{key} = {_toml(value)}" for key, value in values.items()]
     lines += ["", "[[accounts]]", f'name = "{ACCOUNT}"', f'token_sha256 = "{hash_token(TOKEN)}"']
     for instance in instances:
