@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -18,6 +20,7 @@ from grpc import aio
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
 from tests.helpers.harness import visibility
+from tests.helpers.processes import CLI, stripped_env
 from tests.helpers.replicas import (
     INSTANCES,
     METADATA,
@@ -25,6 +28,7 @@ from tests.helpers.replicas import (
     TTL_SECONDS,
     Replica,
     ReplicaSet,
+    replica_config,
 )
 
 NONE = visibility(last_seen=spb.VISIBILITY_VALUE_NONE)
@@ -122,3 +126,25 @@ async def test_sigterm_hands_the_leases_over_at_once(replicas: ReplicaSet) -> No
     assert code == 0
     assert time.monotonic() - stopping < TTL_SECONDS + 1
     await served_within(b, INSTANCES[0], 2)
+
+
+def test_an_unreachable_database_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    config = replica_config(tmp_path, "a", "postgres://gw:s3cret@127.0.0.1:1/gw", INSTANCES)
+
+    done = subprocess.run(
+        [*CLI, "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=stripped_env(),
+        timeout=30,
+        check=False,
+    )
+
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert lines == [
+        "privacy-gateway: database_url: cannot connect "
+        "(ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 1))"
+    ]
+    assert "s3cret" not in done.stderr
