@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
+from typing import Any
 
 import grpc
 import pytest
@@ -22,7 +24,7 @@ from service.grpc.convert import settings_to_proto, state_from_proto
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.settings import Field, Settings
 from tests.helpers.harness import GLOBEX_TOKEN, SALES_TOKEN, visibility
-from tests.helpers.observability import GET, STREAM, UPDATE
+from tests.helpers.observability import GET, UPDATE
 from tests.helpers.replicas import Replica, timeless, timeless_status
 from tests.helpers.rich_status import error_info
 from tests.helpers.updates import EVERY_FIELD_CHANGED, FIVE_CHANGES
@@ -32,14 +34,19 @@ StreamCall = aio.UnaryStreamCall[
 ]
 
 
-async def _failure(call: object) -> aio.AioRpcError:
+async def _failure(call: Awaitable[Any] | StreamCall) -> aio.AioRpcError:
+    """The error ``call`` ends with (a stream: after all its messages)."""
     with pytest.raises(aio.AioRpcError) as raised:
-        if isinstance(call, aio.UnaryStreamCall):
-            async for _ in call:
-                pass
-        else:
-            await call  # type: ignore[misc]
+        await _drained(call)
     return raised.value
+
+
+async def _drained(call: Awaitable[Any] | StreamCall) -> None:
+    if isinstance(call, aio.UnaryStreamCall):
+        async for _ in call:
+            pass
+    else:
+        await call
 
 
 def _status(error: aio.AioRpcError) -> status_pb2.Status:
@@ -69,10 +76,12 @@ async def test_unary_calls_are_served_by_the_owner(pair: dict[str, Replica]) -> 
     response = await b.harness.update(visibility(last_seen=3), "sales")
 
     assert [u.state for u in response.fields] == [pb.FIELD_STATE_APPLIED]
-    assert a.harness.session("sales").server_settings[Field.LAST_SEEN] != (
-        b.harness.session("sales").server_settings[Field.LAST_SEEN]
+    assert (
+        a.harness.session("sales").server_settings[Field.LAST_SEEN]
+        != (b.harness.session("sales").server_settings[Field.LAST_SEEN])
     )
-    assert a.calls(GET) == 2 and a.calls(UPDATE) == 1
+    assert a.calls(GET) == 2
+    assert a.calls(UPDATE) == 1
     assert b.calls(UPDATE) == 1  # recorded where it was taken too
     # The operation is the owner's, with the caller's name.
     record = await a.harness.stub.GetUpdateOperation(

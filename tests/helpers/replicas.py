@@ -100,10 +100,15 @@ class Replica:
         return total
 
     async def stop(self) -> None:
-        """Stops serving at once (calls in flight are cut), as a dying replica would."""
+        """Stops serving at once, as a dying replica would: calls in flight are cut, its REST
+        connections reset (aiohttp's own shutdown would let a running handler finish)."""
         if not self.stopped:
             self.stopped = True
             await self.server.stop(None)
+            server = self.http._runner.server
+            for connection in server.connections if server is not None else ():
+                if connection.transport is not None:
+                    connection.transport.abort()
             await self.http.stop()
 
 
@@ -122,7 +127,7 @@ async def replicas(
             gateway.ownership = ownership
             await gateway.start()
             server = await start_server(gateway, "127.0.0.1:0")
-            http = HttpServer(gateway)
+            http = HttpServer(gateway, shutdown_timeout=0.0)
             await http.start("127.0.0.1:0")
             channel = aio.insecure_channel(f"127.0.0.1:{server.port}")
             harness = Harness(gateway, server, channel, pb_grpc.PrivacyServiceStub(channel))
