@@ -49,8 +49,10 @@ class RunningServer:
     port: int
     health: health.aio.HealthServicer
     privacy: PrivacyServicer
-    #: The forwarder ``bind_server`` made for itself (closed on ``stop``); None otherwise.
-    own_forwarder: GrpcForwarder | None = None
+    #: How calls reach their owners (None: one process); closed on ``stop`` if ``bind_server``
+    #: made it itself (``owns_forwarder``).
+    forwarder: GrpcForwarder | None = None
+    owns_forwarder: bool = False
 
     async def start(self) -> None:
         """Starts taking calls on the port ``bind_server`` bound, and reports SERVING."""
@@ -66,9 +68,11 @@ class RunningServer:
         """
         await self.health.enter_graceful_shutdown()
         self.privacy.end_watches()
+        if self.forwarder is not None:
+            self.forwarder.end_watches()
         await self.server.stop(grace)
-        if self.own_forwarder is not None:
-            await self.own_forwarder.close()
+        if self.forwarder is not None and self.owns_forwarder:
+            await self.forwarder.close()
 
 
 async def start_server(
@@ -100,9 +104,9 @@ def bind_server(
     A gateway with ``ownership`` relays other replicas' instances' calls through ``forwarder``;
     without one it makes its own (plaintext channels to the peers), closed when it stops.
     """
-    own_forwarder = None
+    owns_forwarder = gateway.ownership is not None and forwarder is None
     if gateway.ownership is not None and forwarder is None:
-        forwarder = own_forwarder = GrpcForwarder(gateway.ownership.replica_id)
+        forwarder = GrpcForwarder(gateway.ownership.replica_id)
     server = aio.server(
         interceptors=[GuardInterceptor(gateway, forwarder)],
         options=[EXCLUSIVE_PORT, *grpc_options(gateway.limits)],
@@ -118,7 +122,7 @@ def bind_server(
     )
     credentials = None if tls is None else server_credentials(tls)
     port = _add_port(server, address, credentials)
-    return RunningServer(server, port, health_servicer, privacy, own_forwarder)
+    return RunningServer(server, port, health_servicer, privacy, forwarder, owns_forwarder)
 
 
 def server_credentials(tls: ServerTls) -> grpc.ServerCredentials:

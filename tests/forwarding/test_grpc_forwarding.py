@@ -265,3 +265,22 @@ async def test_the_request_id_reaches_the_owner_unchanged(pair: dict[str, Replic
 
     assert retried.operation_id == first.operation_id
     assert a.harness.session("sales").stanzas == 2  # one fetch, one stanza: not sent twice
+
+
+async def test_a_watch_is_relayed_and_ends_cleanly_at_shutdown(pair: dict[str, Replica]) -> None:
+    a, b = pair["a"], pair["b"]
+    call = b.harness.stub.WatchPrivacySettings(
+        pb.WatchPrivacySettingsRequest(instance="sales"), metadata=b.harness.metadata()
+    )
+    messages = aiter(call)
+    initial = await anext(messages)
+    assert list(initial.changed) == []
+    a.harness.session("sales").change_on_phone(Field.LAST_SEEN, "none")
+    change = await asyncio.wait_for(anext(messages), 5)
+    assert len(change.changed) == 1
+
+    started = time.monotonic()
+    await b.server.stop(5)
+
+    assert await call.code() == grpc.StatusCode.OK
+    assert time.monotonic() - started < 2  # ended at once, not at the end of the grace

@@ -18,6 +18,7 @@ UNAVAILABLE (INSTANCE_UNOWNED, JOURNAL_UNAVAILABLE...) is relayed as it is.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -59,6 +60,8 @@ _CHANNEL_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL}
 )
 LIST_METHOD = "/wagateway.privacy.v1.InstanceService/ListInstances"
+#: The one stream that never ends on its own: ended cleanly at shutdown (``end_watches``).
+WATCH_METHOD = "/wagateway.privacy.v1.PrivacyService/WatchPrivacySettings"
 
 
 class Relayed(Exception):
@@ -108,6 +111,8 @@ class GrpcForwarder:
         self._channels: dict[str, aio.Channel] = {}
         self._unary: dict[tuple[str, str], aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         self._stream: dict[tuple[str, str], aio.UnaryStreamMultiCallable[bytes, bytes]] = {}
+        self._watches: set[aio.UnaryStreamCall[bytes, bytes]] = set()
+        self._ended: set[aio.UnaryStreamCall[bytes, bytes]] = set()
 
     def channel(self, peer: Peer) -> aio.Channel:
         """The channel to ``peer``'s gRPC port, dialed once and kept (grpc redials by itself)."""
@@ -169,13 +174,25 @@ class GrpcForwarder:
             timeout=context.time_remaining(),
             metadata=self.metadata(context),
         )
+        watch = method == WATCH_METHOD
+        if watch:
+            self._watches.add(call)
         try:
             async for response in call:
                 yield response
             _relay_trailing(context, await call.trailing_metadata())
+        except asyncio.CancelledError:
+            # A call cancelled by ``end_watches`` reads as cancelled: this replica is stopping,
+            # and the watch ends cleanly, as a local one does. Anything else is the caller's.
+            if call not in self._ended:
+                raise
         except aio.AioRpcError as error:
-            raise _failure(error, forward) from None
+            if call not in self._ended:
+                raise _failure(error, forward) from None
         finally:
+            if watch:
+                self._watches.discard(call)
+                self._ended.discard(call)
             if not call.done():
                 call.cancel()
 
@@ -201,6 +218,13 @@ class GrpcForwarder:
             )
             return None
         return response
+
+    def end_watches(self) -> None:
+        """Ends every forwarded watch stream cleanly (this replica is shutting down), as
+        ``Gateway.end_watches`` ends the local ones, rather than holding shutdown for its grace."""
+        for call in self._watches:
+            self._ended.add(call)
+            call.cancel()
 
     async def close(self) -> None:
         """Closes every channel; calls still on them end CANCELLED."""
