@@ -4,6 +4,10 @@ replica sees it with the owner's name."""
 
 from __future__ import annotations
 
+import grpc
+import pytest
+from grpc import aio
+
 from service.proto.wagateway.privacy.v1 import instance_service_pb2 as ipb
 from tests.helpers.harness import GLOBEX_TOKEN
 from tests.helpers.replicas import Replica
@@ -59,3 +63,22 @@ async def test_an_unowned_instance_is_listed_without_a_replica(pair: dict[str, R
     listed = await _list(b)
 
     assert [(i.name, i.replica) for i in listed] == [("sales", "a"), ("support", "")]
+
+
+async def test_pairing_is_the_owners_to_answer(pair: dict[str, Replica]) -> None:
+    a, b = pair["a"], pair["b"]
+    pair_method = "/wagateway.privacy.v1.InstanceService/PairInstance"
+    errors = []
+    for replica in (a, b):
+        call = replica.instances.PairInstance(
+            ipb.PairInstanceRequest(instance="sales"), metadata=replica.harness.metadata()
+        )
+        with pytest.raises(aio.AioRpcError) as raised:
+            await call.read()
+        errors.append(raised.value)
+
+    direct, forwarded = errors
+    assert forwarded.code() == direct.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert forwarded.details() == direct.details()
+    assert forwarded.trailing_metadata() == direct.trailing_metadata()
+    assert a.calls(pair_method, "FAILED_PRECONDITION") == 2
