@@ -9,13 +9,14 @@ Edges keep only parsing their wire and rendering the answer.
 
 from service.gateway.caller import Caller, Page
 from service.gateway.rules import GRPC, REST, WireNames
-from service.gateway.running import Gateway
+from service.gateway.running import Forward, Gateway
 from service.gateway.updates import UpdateHandle, UpdateInput
 
 __all__ = [
     "GRPC",
     "REST",
     "Caller",
+    "Forward",
     "Gateway",
     "Page",
     "UpdateHandle",

@@ -6,7 +6,9 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from service.auth import TokenRegistry
+from service import errors
+from service.auth import Principal, TokenRegistry
+from service.cluster.ownership import Ownership, Peer
 from service.config import DEFAULT_MAX_CONCURRENT_CALLS
 from service.engine import LEASE_LOST
 from service.errors import GatewayError
@@ -22,6 +24,24 @@ from service.sessions.whatsapp.threads import BlockingCalls
 
 if TYPE_CHECKING:
     from service.cluster.replica import Cluster
+
+#: The retry hint of a forwarded call's INSTANCE_UNOWNED: its lease is moving, soon settled.
+UNOWNED_RETRY_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Admission's other answer: the call names an instance another replica serves, so the edge
+    relays it there (``service.cluster.forwarding``) instead of serving it.
+
+    The caller was authenticated and authorized for ``instance`` here, so a bad token or a
+    forbidden or unknown instance never costs the owner a call; the rate limit was not counted:
+    the owner counts the call when it admits it, with the same token.
+    """
+
+    peer: Peer
+    instance: str
+    principal: Principal
 
 
 @dataclass
@@ -43,7 +63,11 @@ class Gateway:
     limits: TransportLimits = field(default_factory=TransportLimits)
     #: What ``/metrics`` shows of this gateway (``service.observability``).
     metrics: Metrics = field(default_factory=Metrics)
-    #: This replica among the others on ``database_url``; None: one process serves everything.
+    #: Who serves which instance when the gateway runs as replicas; None: one process serves
+    #: every instance, and admission is exactly ``admit``.
+    ownership: Ownership | None = None
+    #: This replica among the others on ``database_url`` (its ``ownership`` too); None: one
+    #: process serves everything.
     cluster: Cluster | None = None
 
     async def admit(self, token: str | None, names: WireNames) -> Caller:
@@ -56,6 +80,43 @@ class Gateway:
             self.metrics.rate_limited()
             raise
         return Caller(self, principal, names)
+
+    async def admit_to(
+        self, token: str | None, names: WireNames, instance: str, *, marked: bool = False
+    ) -> Caller | Forward:
+        """Admission for a call served by ``instance``'s owner: the one rule both edges follow.
+
+        One process (no ``ownership``): exactly ``admit``. Replicas: the token and the instance
+        are judged here first (every replica has the same configuration, so the answer is the
+        owner's), then the call is this replica's to serve (a ``Caller``, counted against the
+        rate limit here) or its owner's (a ``Forward``, counted there). ``marked``: the call was
+        already forwarded once (the edge saw the forwarding marker), so it is never forwarded
+        again: a replica that does not hold the instance answers INSTANCE_UNOWNED, and two
+        replicas that disagree about an owner cannot pass a call back and forth.
+        """
+        ownership = self.ownership
+        if ownership is None:
+            return await self.admit(token, names)
+        principal = self.tokens.authenticate(token)
+        self.instances.authorize(principal, instance)
+        peer = ownership.route(instance)
+        if peer is not None:
+            if marked:
+                raise errors.INSTANCE_UNOWNED.error(
+                    instance=instance, retry_after=UNOWNED_RETRY_SECONDS
+                )
+            return Forward(peer, instance, principal)
+        try:
+            await self.limiter.check(principal.token_sha256)
+        except GatewayError:
+            self.metrics.rate_limited()
+            raise
+        return Caller(self, principal, names)
+
+    @property
+    def replica_id(self) -> str:
+        """This replica's name; empty when the gateway runs as one process."""
+        return "" if self.ownership is None else self.ownership.replica_id
 
     async def start(self) -> None:
         """Opens the journal, then starts every session's connection in the background."""

@@ -221,10 +221,12 @@ def watch_change(change: SettingsChange) -> pb.WatchPrivacySettingsResponse:
     )
 
 
-def instance_to_proto(instance: Instance) -> instance_pb.Instance:
+def instance_to_proto(instance: Instance, replica: str = "") -> instance_pb.Instance:
+    """``instance`` as ``replica`` serves it ("": the gateway is one process)."""
     status = instance.session.status()
     message = instance_pb.Instance(
         name=instance.name,
+        replica=replica,
         account=instance.account,
         kind=instance_pb.SessionKind.Value(f"SESSION_KIND_{instance.session.kind.upper()}"),
         state=instance_pb.InstanceState.Value(f"INSTANCE_STATE_{status.state.name}"),

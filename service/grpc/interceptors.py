@@ -15,6 +15,11 @@ raised by servicer method"). So the handler's deserializer is wrapped: a message
 parse becomes a ``Malformed`` stand-in, and the guarded handler, once the caller is admitted,
 answers it INVALID_ARGUMENT MALFORMED_REQUEST like any other mistake.
 
+When the gateway runs as replicas (``Gateway.ownership``), a call for an instance another
+replica serves (``FORWARDED``) is admitted by ``Gateway.admit_to`` and, when it says so, relayed
+to the owner (``service.cluster.forwarding.grpc``) instead of handed to the servicer; the owner's
+messages go back as the bytes it sent (``passthrough``), its status as it sent it.
+
 Each call is also recorded (``service.observability.calls``): counted and logged as one line
 once it ends, a stream once its last message is sent.
 """
@@ -31,8 +36,11 @@ import grpc
 from grpc import aio
 
 from service import errors
+from service.cluster.forwarding.grpc import GrpcForwarder, Relayed
+from service.cluster.forwarding.marker import MARKER
 from service.errors import GatewayError
-from service.gateway import GRPC, Caller, Gateway
+from service.gateway import GRPC, Forward, Gateway
+from service.gateway.caller import Caller
 from service.grpc.status import to_status
 from service.observability import calls
 from service.observability.calls import Call
@@ -41,6 +49,22 @@ GUARDED_PREFIX = "/wagateway."
 TOKEN_METADATA_KEY = "token"
 
 current_caller: ContextVar[Caller] = ContextVar("current_caller")
+
+_PRIVACY = "/wagateway.privacy.v1.PrivacyService/"
+_INSTANCES = "/wagateway.privacy.v1.InstanceService/"
+#: The methods served by the instance's owner: a replica that does not own it relays them.
+#: Operations are read from the shared journal by any replica; ListInstances spans owners
+#: (``InstanceServicer`` asks each).
+FORWARDED = frozenset(
+    {
+        _PRIVACY + "GetPrivacySettings",
+        _PRIVACY + "UpdatePrivacySettings",
+        _PRIVACY + "StreamUpdatePrivacySettings",
+        _PRIVACY + "WatchPrivacySettings",
+        _INSTANCES + "GetInstance",
+        _INSTANCES + "PairInstance",
+    }
+)
 
 UnaryBehavior = Callable[[Any, aio.ServicerContext[Any, Any]], Awaitable[Any]]
 StreamBehavior = Callable[[Any, aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
@@ -74,8 +98,12 @@ def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 class GuardInterceptor(aio.ServerInterceptor):
     """Call limit, token auth, per-token rate limit and error mapping for the gateway's services."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, forwarder: GrpcForwarder | None = None) -> None:
+        """``forwarder``: how calls reach their owners; needed when ``gateway.ownership`` is."""
+        if gateway.ownership is not None and forwarder is None:
+            raise ValueError("a gateway with ownership forwards: give it a forwarder")
         self._gateway = gateway
+        self._forwarder = forwarder
 
     async def intercept_service(
         self,
@@ -86,17 +114,21 @@ class GuardInterceptor(aio.ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None or not method.startswith(GUARDED_PREFIX):
             return handler
+        forwarded = self._forwarder is not None and method in FORWARDED
+        serializer = handler.response_serializer
+        if forwarded:
+            serializer = passthrough(serializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._guard_unary(cast(UnaryBehavior, handler.unary_unary), method),
+                self._guard_unary(cast(UnaryBehavior, handler.unary_unary), method, forwarded),
                 request_deserializer=tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
+                response_serializer=serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._guard_stream(cast(StreamBehavior, handler.unary_stream), method),
+                self._guard_stream(cast(StreamBehavior, handler.unary_stream), method, forwarded),
                 request_deserializer=tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
+                response_serializer=serializer,
             )
         raise NotImplementedError(f"{method}: client-streaming methods are not guarded")
 
@@ -106,29 +138,50 @@ class GuardInterceptor(aio.ServerInterceptor):
         return calls.begin("grpc", method, instance, self._gateway.instances)
 
     async def _admit(
-        self, request: Any, context: aio.ServicerContext[Any, Any], call: Call
-    ) -> None:
+        self, request: Any, context: aio.ServicerContext[Any, Any], call: Call, forwarded: bool
+    ) -> Forward | None:
+        """Admits the caller (``current_caller``), or says where the call is relayed to."""
         token = None
-        for key, value in context.invocation_metadata() or ():
-            if key == TOKEN_METADATA_KEY:
-                token = value if isinstance(value, str) else value.decode(errors="surrogateescape")
-                break
-        caller = await self._gateway.admit(token, GRPC)
+        if forwarded and not isinstance(request, Malformed):
+            marked = False
+            for key, value in context.invocation_metadata() or ():
+                if key == TOKEN_METADATA_KEY and token is None:
+                    token = _text(value)
+                elif key == MARKER:
+                    marked = True
+            admission = await self._gateway.admit_to(token, GRPC, request.instance, marked=marked)
+            if isinstance(admission, Forward):
+                call.admitted(admission.principal)
+                return admission
+            caller = admission
+        else:
+            for key, value in context.invocation_metadata() or ():
+                if key == TOKEN_METADATA_KEY:
+                    token = _text(value)
+                    break
+            caller = await self._gateway.admit(token, GRPC)
         call.admitted(caller.principal)
         current_caller.set(caller)
         if isinstance(request, Malformed):
             raise errors.MALFORMED_REQUEST.error(message=request.message_type)
+        return None
 
-    def _guard_unary(self, behavior: UnaryBehavior, method: str) -> UnaryBehavior:
+    def _guard_unary(self, behavior: UnaryBehavior, method: str, forwarded: bool) -> UnaryBehavior:
         async def guarded(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             call = self._begin(method, request)
             try:
                 with self._gateway.calls.held():
-                    await self._admit(request, context, call)
+                    forward = await self._admit(request, context, call, forwarded)
+                    if forward is not None:
+                        assert self._forwarder is not None
+                        return await self._forwarder.unary(forward, method, request, context)
                     return await behavior(request, context)
             except GatewayError as error:
                 call.failed(error)
                 await _abort(context, error)
+            except Relayed as relayed:
+                call.code, call.reason = relayed.code.name, relayed.reason
+                await context.abort(relayed.code, relayed.details, relayed.trailing_metadata)
             except BaseException as exc:
                 call.interrupted(exc, _ended_by(exc, context))
                 raise
@@ -137,19 +190,29 @@ class GuardInterceptor(aio.ServerInterceptor):
 
         return guarded
 
-    def _guard_stream(self, behavior: StreamBehavior, method: str) -> StreamBehavior:
+    def _guard_stream(
+        self, behavior: StreamBehavior, method: str, forwarded: bool
+    ) -> StreamBehavior:
         async def guarded(
             request: Any, context: aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             call = self._begin(method, request)
             try:
                 with self._gateway.calls.held():
-                    await self._admit(request, context, call)
-                    async for response in behavior(request, context):
+                    forward = await self._admit(request, context, call, forwarded)
+                    if forward is not None:
+                        assert self._forwarder is not None
+                        responses = self._forwarder.stream(forward, method, request, context)
+                    else:
+                        responses = behavior(request, context)
+                    async for response in responses:
                         yield response
             except GatewayError as error:
                 call.failed(error)
                 await _abort(context, error)
+            except Relayed as relayed:
+                call.code, call.reason = relayed.code.name, relayed.reason
+                await context.abort(relayed.code, relayed.details, relayed.trailing_metadata)
             except BaseException as exc:
                 call.interrupted(exc, _ended_by(exc, context))
                 raise
@@ -157,6 +220,21 @@ class GuardInterceptor(aio.ServerInterceptor):
                 calls.finish(call, self._gateway.metrics)
 
         return guarded
+
+
+def passthrough(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """``serializer``, sending bytes (an owner's message, relayed) on as they are."""
+    if serializer is None:
+        return None
+
+    def serialize(message: Any) -> bytes:
+        return message if isinstance(message, bytes) else serializer(message)
+
+    return serialize
+
+
+def _text(value: str | bytes) -> str:
+    return value if isinstance(value, str) else value.decode(errors="surrogateescape")
 
 
 async def _abort(context: aio.ServicerContext[Any, Any], error: GatewayError) -> None:

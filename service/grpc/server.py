@@ -15,6 +15,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service.cluster.forwarding.grpc import GrpcForwarder
 from service.gateway import Gateway
 from service.grpc.instance_servicer import InstanceServicer
 from service.grpc.interceptors import GuardInterceptor
@@ -48,6 +49,10 @@ class RunningServer:
     port: int
     health: health.aio.HealthServicer
     privacy: PrivacyServicer
+    #: How calls reach their owners (None: one process); closed on ``stop`` if ``bind_server``
+    #: made it itself (``owns_forwarder``).
+    forwarder: GrpcForwarder | None = None
+    owns_forwarder: bool = False
 
     async def start(self) -> None:
         """Starts taking calls on the port ``bind_server`` bound, and reports SERVING."""
@@ -63,39 +68,61 @@ class RunningServer:
         """
         await self.health.enter_graceful_shutdown()
         self.privacy.end_watches()
+        if self.forwarder is not None:
+            self.forwarder.end_watches()
         await self.server.stop(grace)
+        if self.forwarder is not None and self.owns_forwarder:
+            await self.forwarder.close()
 
 
 async def start_server(
-    gateway: Gateway, address: str, tls: ServerTls | None = None
+    gateway: Gateway,
+    address: str,
+    tls: ServerTls | None = None,
+    *,
+    forwarder: GrpcForwarder | None = None,
 ) -> RunningServer:
     """Binds ``address`` (port 0 picks a free one) and starts serving."""
-    server = bind_server(gateway, address, tls)
+    server = bind_server(gateway, address, tls, forwarder=forwarder)
     await server.start()
     return server
 
 
-def bind_server(gateway: Gateway, address: str, tls: ServerTls | None = None) -> RunningServer:
+def bind_server(
+    gateway: Gateway,
+    address: str,
+    tls: ServerTls | None = None,
+    *,
+    forwarder: GrpcForwarder | None = None,
+) -> RunningServer:
     """The server, its port bound but not yet serving: ``start`` it once the rest is bound too.
 
     With ``tls`` the port speaks TLS only (and, with a client CA, takes only callers whose
     certificate it signed). Raises ``ListenError`` (one line, naming the port) when ``address``
     is taken.
+
+    A gateway with ``ownership`` relays other replicas' instances' calls through ``forwarder``;
+    without one it makes its own (plaintext channels to the peers), closed when it stops.
     """
+    owns_forwarder = gateway.ownership is not None and forwarder is None
+    if gateway.ownership is not None and forwarder is None:
+        forwarder = GrpcForwarder(gateway.ownership.replica_id)
     server = aio.server(
-        interceptors=[GuardInterceptor(gateway)],
+        interceptors=[GuardInterceptor(gateway, forwarder)],
         options=[EXCLUSIVE_PORT, *grpc_options(gateway.limits)],
     )
     privacy = PrivacyServicer(gateway)
     pb_grpc.add_PrivacyServiceServicer_to_server(privacy, server)
-    instance_grpc.add_InstanceServiceServicer_to_server(InstanceServicer(), server)
+    instances = InstanceServicer(gateway, forwarder)
+    instance_grpc.add_InstanceServiceServicer_to_server(instances, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     credentials = None if tls is None else server_credentials(tls)
-    return RunningServer(server, _add_port(server, address, credentials), health_servicer, privacy)
+    port = _add_port(server, address, credentials)
+    return RunningServer(server, port, health_servicer, privacy, forwarder, owns_forwarder)
 
 
 def server_credentials(tls: ServerTls) -> grpc.ServerCredentials:

@@ -27,9 +27,11 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from service import errors
 from service.auth import Principal
+from service.cluster.forwarding.http import HttpForwarder
+from service.cluster.forwarding.marker import MARKER
 from service.engine import Event, Snapshot
 from service.errors import GatewayError, shown
-from service.gateway import REST, Caller, Gateway, UpdateHandle, UpdateInput
+from service.gateway import REST, Caller, Forward, Gateway, UpdateHandle, UpdateInput
 from service.http import body as request_body
 from service.http import responses
 from service.http.body import MAX_BODY_BYTES
@@ -50,14 +52,27 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PRINCIPAL = web.RequestKey("principal", Principal)
 
 
-def create_app(gateway: Gateway, *, metrics: bool = True) -> web.Application:
-    """The REST app; ``metrics``: serve ``/metrics`` too (off when it has a port of its own)."""
+def create_app(
+    gateway: Gateway, *, metrics: bool = True, forwarder: HttpForwarder | None = None
+) -> web.Application:
+    """The REST app; ``metrics``: serve ``/metrics`` too (off when it has a port of its own).
+
+    A gateway with ``ownership`` proxies the calls for other replicas' instances to them through
+    ``forwarder``; without one the app makes its own, closed with the app.
+    """
     app = web.Application(
         client_max_size=MAX_BODY_BYTES, middlewares=[_record_calls(gateway), _envelope_errors]
     )
     if metrics:
         app.router.add_get(METRICS_PATH, make_aiohttp_handler(gateway.metrics.registry))
-    api = PrivacyApi(gateway)
+    if gateway.ownership is not None and forwarder is None:
+        made = forwarder = HttpForwarder(gateway.ownership.replica_id)
+
+        async def close_forwarder(app: web.Application) -> None:
+            await made.close()
+
+        app.on_cleanup.append(close_forwarder)
+    api = PrivacyApi(gateway, forwarder)
     counted = partial(_counted, gateway)
     app.router.add_post(PRIVACY_PATH, counted(api.update))
     app.router.add_get(PRIVACY_PATH, counted(api.get))
@@ -69,15 +84,21 @@ def create_app(gateway: Gateway, *, metrics: bool = True) -> web.Application:
 
 
 class PrivacyApi:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, forwarder: HttpForwarder | None = None) -> None:
         self._gateway = gateway
+        self._forwarder = forwarder
 
     async def get(self, request: web.Request) -> web.StreamResponse:
-        settings = await (await self._admit(request)).read_settings(_instance(request))
+        caller = await self._admit_to(request)
+        if isinstance(caller, Forward):
+            return await self._proxy(request, caller)
+        settings = await caller.read_settings(_instance(request))
         return web.json_response(responses.settings_body(settings))
 
     async def update(self, request: web.Request) -> web.StreamResponse:
-        caller = await self._admit(request)
+        caller = await self._admit_to(request)
+        if isinstance(caller, Forward):
+            return await self._proxy(request, caller)
         # Who may act on which instance is judged before the body, as on gRPC.
         caller.instance(_instance(request))
         requested = request_body.requested_settings(await _json_body(request))
@@ -119,6 +140,21 @@ class PrivacyApi:
         caller = await self._gateway.admit(request.headers.get("token"), REST)
         request[PRINCIPAL] = caller.principal
         return caller
+
+    async def _admit_to(self, request: web.Request) -> Caller | Forward:
+        """Admission for a call its instance's owner serves (``Gateway.admit_to``)."""
+        admission = await self._gateway.admit_to(
+            request.headers.get("token"),
+            REST,
+            _instance(request),
+            marked=MARKER in request.headers,
+        )
+        request[PRINCIPAL] = admission.principal
+        return admission
+
+    async def _proxy(self, request: web.Request, forward: Forward) -> web.StreamResponse:
+        assert self._forwarder is not None  # a Forward needs ownership, which makes one
+        return await self._forwarder.proxy(request, forward)
 
 
 def _counted(gateway: Gateway, handler: Handler) -> Handler:

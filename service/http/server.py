@@ -15,6 +15,7 @@ import ssl
 
 from aiohttp import web
 
+from service.cluster.forwarding.http import HttpForwarder
 from service.config import DEFAULT_SHUTDOWN_GRACE_SECONDS
 from service.gateway import Gateway
 from service.http.app import create_app
@@ -32,14 +33,17 @@ class HttpServer:
         ssl_context: ssl.SSLContext | None = None,
         *,
         metrics: bool = True,
+        forwarder: HttpForwarder | None = None,
     ) -> None:
         """``ssl_context`` (``service.tls.ServerTls``'s) makes the port speak HTTPS only;
-        ``metrics``: serve ``/metrics`` on this port too (off when it has one of its own)."""
+        ``metrics``: serve ``/metrics`` on this port too (off when it has one of its own);
+        ``forwarder``: how a gateway with ``ownership`` reaches the other replicas' REST ports
+        (by default a plain-HTTP one made here and closed on ``stop``)."""
         # ``handler_cancellation``: a client that hangs up cancels its handler, so that an update
         # it started stops as a gRPC caller's does (aiohttp lets handlers run on by default).
         quiet_aiohttp_server_log()
         self._runner: web.AppRunner = GatewayRunner(
-            create_app(gateway, metrics=metrics),
+            create_app(gateway, metrics=metrics, forwarder=forwarder),
             access_log=None,
             shutdown_timeout=shutdown_timeout,
             handler_cancellation=True,

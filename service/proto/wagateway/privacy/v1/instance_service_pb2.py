@@ -25,31 +25,31 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+wagateway/privacy/v1/instance_service.proto\x12\x14wagateway.privacy.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x02\n\x08Instance\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12/\n\x04kind\x18\x03 \x01(\x0e\x32!.wagateway.privacy.v1.SessionKind\x12\x32\n\x05state\x18\x04 \x01(\x0e\x32#.wagateway.privacy.v1.InstanceState\x12/\n\x0bstate_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x06 \x01(\t\x12\x0b\n\x03jid\x18\x07 \x01(\t\x12.\n\nretry_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x16\n\x14ListInstancesRequest\"J\n\x15ListInstancesResponse\x12\x31\n\tinstances\x18\x01 \x03(\x0b\x32\x1e.wagateway.privacy.v1.Instance\"&\n\x12GetInstanceRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\"G\n\x13GetInstanceResponse\x12\x30\n\x08instance\x18\x01 \x01(\x0b\x32\x1e.wagateway.privacy.v1.Instance\"6\n\x13PairInstanceRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\r\n\x05phone\x18\x02 \x01(\t\"Y\n\x14PairInstanceResponse\x12\x11\n\x07qr_code\x18\x01 \x01(\tH\x00\x12\x16\n\x0cpairing_code\x18\x02 \x01(\tH\x00\x12\r\n\x03jid\x18\x03 \x01(\tH\x00\x42\x07\n\x05\x65vent*b\n\x0bSessionKind\x12\x1c\n\x18SESSION_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16SESSION_KIND_SIMULATED\x10\x01\x12\x19\n\x15SESSION_KIND_WHATSAPP\x10\x02*\xe0\x02\n\rInstanceState\x12\x1e\n\x1aINSTANCE_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19INSTANCE_STATE_NOT_PAIRED\x10\x01\x12\x1d\n\x19INSTANCE_STATE_CONNECTING\x10\x02\x12\x1c\n\x18INSTANCE_STATE_CONNECTED\x10\x03\x12\x1f\n\x1bINSTANCE_STATE_DISCONNECTED\x10\x04\x12\x1d\n\x19INSTANCE_STATE_LOGGED_OUT\x10\x05\x12\x1a\n\x16INSTANCE_STATE_PAIRING\x10\x06\x12\x1b\n\x17INSTANCE_STATE_REPLACED\x10\x07\x12\x19\n\x15INSTANCE_STATE_BANNED\x10\x08\x12\"\n\x1eINSTANCE_STATE_CLIENT_OUTDATED\x10\t\x12\x1b\n\x17INSTANCE_STATE_DEGRADED\x10\n2\xc8\x02\n\x0fInstanceService\x12h\n\rListInstances\x12*.wagateway.privacy.v1.ListInstancesRequest\x1a+.wagateway.privacy.v1.ListInstancesResponse\x12\x62\n\x0bGetInstance\x12(.wagateway.privacy.v1.GetInstanceRequest\x1a).wagateway.privacy.v1.GetInstanceResponse\x12g\n\x0cPairInstance\x12).wagateway.privacy.v1.PairInstanceRequest\x1a*.wagateway.privacy.v1.PairInstanceResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+wagateway/privacy/v1/instance_service.proto\x12\x14wagateway.privacy.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x02\n\x08Instance\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x02 \x01(\t\x12/\n\x04kind\x18\x03 \x01(\x0e\x32!.wagateway.privacy.v1.SessionKind\x12\x32\n\x05state\x18\x04 \x01(\x0e\x32#.wagateway.privacy.v1.InstanceState\x12/\n\x0bstate_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x06 \x01(\t\x12\x0b\n\x03jid\x18\x07 \x01(\t\x12.\n\nretry_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07replica\x18\t \x01(\t\"\x16\n\x14ListInstancesRequest\"J\n\x15ListInstancesResponse\x12\x31\n\tinstances\x18\x01 \x03(\x0b\x32\x1e.wagateway.privacy.v1.Instance\"&\n\x12GetInstanceRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\"G\n\x13GetInstanceResponse\x12\x30\n\x08instance\x18\x01 \x01(\x0b\x32\x1e.wagateway.privacy.v1.Instance\"6\n\x13PairInstanceRequest\x12\x10\n\x08instance\x18\x01 \x01(\t\x12\r\n\x05phone\x18\x02 \x01(\t\"Y\n\x14PairInstanceResponse\x12\x11\n\x07qr_code\x18\x01 \x01(\tH\x00\x12\x16\n\x0cpairing_code\x18\x02 \x01(\tH\x00\x12\r\n\x03jid\x18\x03 \x01(\tH\x00\x42\x07\n\x05\x65vent*b\n\x0bSessionKind\x12\x1c\n\x18SESSION_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16SESSION_KIND_SIMULATED\x10\x01\x12\x19\n\x15SESSION_KIND_WHATSAPP\x10\x02*\xe0\x02\n\rInstanceState\x12\x1e\n\x1aINSTANCE_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19INSTANCE_STATE_NOT_PAIRED\x10\x01\x12\x1d\n\x19INSTANCE_STATE_CONNECTING\x10\x02\x12\x1c\n\x18INSTANCE_STATE_CONNECTED\x10\x03\x12\x1f\n\x1bINSTANCE_STATE_DISCONNECTED\x10\x04\x12\x1d\n\x19INSTANCE_STATE_LOGGED_OUT\x10\x05\x12\x1a\n\x16INSTANCE_STATE_PAIRING\x10\x06\x12\x1b\n\x17INSTANCE_STATE_REPLACED\x10\x07\x12\x19\n\x15INSTANCE_STATE_BANNED\x10\x08\x12\"\n\x1eINSTANCE_STATE_CLIENT_OUTDATED\x10\t\x12\x1b\n\x17INSTANCE_STATE_DEGRADED\x10\n2\xc8\x02\n\x0fInstanceService\x12h\n\rListInstances\x12*.wagateway.privacy.v1.ListInstancesRequest\x1a+.wagateway.privacy.v1.ListInstancesResponse\x12\x62\n\x0bGetInstance\x12(.wagateway.privacy.v1.GetInstanceRequest\x1a).wagateway.privacy.v1.GetInstanceResponse\x12g\n\x0cPairInstance\x12).wagateway.privacy.v1.PairInstanceRequest\x1a*.wagateway.privacy.v1.PairInstanceResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wagateway.privacy.v1.instance_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SESSIONKIND']._serialized_start=737
-  _globals['_SESSIONKIND']._serialized_end=835
-  _globals['_INSTANCESTATE']._serialized_start=838
-  _globals['_INSTANCESTATE']._serialized_end=1190
+  _globals['_SESSIONKIND']._serialized_start=754
+  _globals['_SESSIONKIND']._serialized_end=852
+  _globals['_INSTANCESTATE']._serialized_start=855
+  _globals['_INSTANCESTATE']._serialized_end=1207
   _globals['_INSTANCE']._serialized_start=103
-  _globals['_INSTANCE']._serialized_end=375
-  _globals['_LISTINSTANCESREQUEST']._serialized_start=377
-  _globals['_LISTINSTANCESREQUEST']._serialized_end=399
-  _globals['_LISTINSTANCESRESPONSE']._serialized_start=401
-  _globals['_LISTINSTANCESRESPONSE']._serialized_end=475
-  _globals['_GETINSTANCEREQUEST']._serialized_start=477
-  _globals['_GETINSTANCEREQUEST']._serialized_end=515
-  _globals['_GETINSTANCERESPONSE']._serialized_start=517
-  _globals['_GETINSTANCERESPONSE']._serialized_end=588
-  _globals['_PAIRINSTANCEREQUEST']._serialized_start=590
-  _globals['_PAIRINSTANCEREQUEST']._serialized_end=644
-  _globals['_PAIRINSTANCERESPONSE']._serialized_start=646
-  _globals['_PAIRINSTANCERESPONSE']._serialized_end=735
-  _globals['_INSTANCESERVICE']._serialized_start=1193
-  _globals['_INSTANCESERVICE']._serialized_end=1521
+  _globals['_INSTANCE']._serialized_end=392
+  _globals['_LISTINSTANCESREQUEST']._serialized_start=394
+  _globals['_LISTINSTANCESREQUEST']._serialized_end=416
+  _globals['_LISTINSTANCESRESPONSE']._serialized_start=418
+  _globals['_LISTINSTANCESRESPONSE']._serialized_end=492
+  _globals['_GETINSTANCEREQUEST']._serialized_start=494
+  _globals['_GETINSTANCEREQUEST']._serialized_end=532
+  _globals['_GETINSTANCERESPONSE']._serialized_start=534
+  _globals['_GETINSTANCERESPONSE']._serialized_end=605
+  _globals['_PAIRINSTANCEREQUEST']._serialized_start=607
+  _globals['_PAIRINSTANCEREQUEST']._serialized_end=661
+  _globals['_PAIRINSTANCERESPONSE']._serialized_start=663
+  _globals['_PAIRINSTANCERESPONSE']._serialized_end=752
+  _globals['_INSTANCESERVICE']._serialized_start=1210
+  _globals['_INSTANCESERVICE']._serialized_end=1538
 # @@protoc_insertion_point(module_scope)

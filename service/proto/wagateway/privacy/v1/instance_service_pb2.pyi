@@ -141,6 +141,7 @@ class Instance(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     JID_FIELD_NUMBER: _builtins.int
     RETRY_TIME_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The instance's configured name."""
     account: _builtins.str
@@ -153,6 +154,11 @@ class Instance(_message.Message):
     """The last connection error, if any (for example the dial error); empty when there is none."""
     jid: _builtins.str
     """The linked account's JID (for example `5511999999999@s.whatsapp.net`); empty until paired."""
+    replica: _builtins.str
+    """The replica serving the instance (its `replica_id`), when the gateway runs as replicas
+    sharing one database; empty when it runs as one process, or while no replica holds the
+    instance (its lease is moving).
+    """
     @_builtins.property
     def state_since(self) -> _timestamp_pb2.Timestamp:
         """When it entered that state."""
@@ -174,10 +180,11 @@ class Instance(_message.Message):
         last_error: _builtins.str = ...,
         jid: _builtins.str = ...,
         retry_time: _timestamp_pb2.Timestamp | None = ...,
+        replica: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["retry_time", b"retry_time", "state_since", b"state_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "jid", b"jid", "kind", b"kind", "last_error", b"last_error", "name", b"name", "retry_time", b"retry_time", "state", b"state", "state_since", b"state_since"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "jid", b"jid", "kind", b"kind", "last_error", b"last_error", "name", b"name", "replica", b"replica", "retry_time", b"retry_time", "state", b"state", "state_since", b"state_since"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

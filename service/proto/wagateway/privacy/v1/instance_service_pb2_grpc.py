@@ -57,7 +57,8 @@ class InstanceServiceServicer:
     """
 
     def ListInstances(self, request, context):
-        """The instances the caller's token may see, in configuration order.
+        """The instances the caller's token may see, in configuration order. On replicas, each one as
+        its owner sees it (a replica that does not answer in time: as this replica sees it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,7 +39,9 @@ class InstanceServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> InstanceServiceAsyncStub: ...
     ListInstances: _grpc.UnaryUnaryMultiCallable[_instance_service_pb2.ListInstancesRequest, _instance_service_pb2.ListInstancesResponse]
-    """The instances the caller's token may see, in configuration order."""
+    """The instances the caller's token may see, in configuration order. On replicas, each one as
+    its owner sees it (a replica that does not answer in time: as this replica sees it).
+    """
     GetInstance: _grpc.UnaryUnaryMultiCallable[_instance_service_pb2.GetInstanceRequest, _instance_service_pb2.GetInstanceResponse]
     """One instance's state."""
     PairInstance: _grpc.UnaryStreamMultiCallable[_instance_service_pb2.PairInstanceRequest, _instance_service_pb2.PairInstanceResponse]
@@ -72,7 +74,9 @@ class InstanceServiceAsyncStub(InstanceServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListInstances: _aio.UnaryUnaryMultiCallable[_instance_service_pb2.ListInstancesRequest, _instance_service_pb2.ListInstancesResponse]  # type: ignore[assignment]
-    """The instances the caller's token may see, in configuration order."""
+    """The instances the caller's token may see, in configuration order. On replicas, each one as
+    its owner sees it (a replica that does not answer in time: as this replica sees it).
+    """
     GetInstance: _aio.UnaryUnaryMultiCallable[_instance_service_pb2.GetInstanceRequest, _instance_service_pb2.GetInstanceResponse]  # type: ignore[assignment]
     """One instance's state."""
     PairInstance: _aio.UnaryStreamMultiCallable[_instance_service_pb2.PairInstanceRequest, _instance_service_pb2.PairInstanceResponse]  # type: ignore[assignment]
@@ -108,7 +112,9 @@ class InstanceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _instance_service_pb2.ListInstancesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_instance_service_pb2.ListInstancesResponse, _abc.Awaitable[_instance_service_pb2.ListInstancesResponse]]:
-        """The instances the caller's token may see, in configuration order."""
+        """The instances the caller's token may see, in configuration order. On replicas, each one as
+        its owner sees it (a replica that does not answer in time: as this replica sees it).
+        """
 
     @_abc_1.abstractmethod
     def GetInstance(
