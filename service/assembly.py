@@ -21,9 +21,12 @@ from service.sessions.whatsapp.threads import BlockingCalls
 from service.settings import Field, Settings
 
 if TYPE_CHECKING:
-    from service.sessions.whatsapp.devices import DeviceBook
+    import asyncpg
+
+    from service.sessions.whatsapp.devices import Devices
     from service.sessions.whatsapp.ffi import WhatsAppFFI
     from service.sessions.whatsapp.guard import GuardedFFI
+    from service.sessions.whatsapp.postgres import WhatsmeowDatabase
 
 
 def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gateway:
@@ -69,24 +72,49 @@ def _serving(cluster: Cluster | None, name: str) -> Callable[[], bool]:
 
 
 class WhatsAppSessions:
-    """Makes each instance's session; loads neonize only when a WhatsApp instance needs it."""
+    """Makes each instance's session; loads neonize only when a WhatsApp instance needs it.
+
+    With ``database_url`` an instance without a ``store`` keeps its whatsmeow session in that
+    database (one device per instance, loaded by its JID) and the device book is a table there,
+    so whichever replica holds the instance can dial it. ``pool`` is the gateway's pool on
+    ``database_url``, if it opened one; without it the WhatsApp sessions open a small pool of
+    their own on first use (and close it with the last session).
+    """
 
     def __init__(
         self,
         config: GatewayConfig,
         blocking: BlockingCalls | None,
         ffi: WhatsAppFFI | None,
+        pool: asyncpg.Pool | None = None,
     ) -> None:
         self._config = config
         self._blocking = blocking
         self._ffi = ffi
-        self._devices: DeviceBook | None = None
+        self._pool = pool
+        self._devices: Devices | None = None
         self._guarded: GuardedFFI | None = None
+        #: One per PostgreSQL database a store names (the shared one under its own key "").
+        self._databases: dict[str, WhatsmeowDatabase] = {}
+
+    def _database(self, url: str, *, shared: bool) -> WhatsmeowDatabase:
+        from service.sessions.whatsapp.postgres import WhatsmeowDatabase  # noqa: PLC0415
+
+        key = "" if shared else url
+        if key not in self._databases:
+            assert self._guarded is not None
+            pool = self._pool if shared else None
+            self._databases[key] = WhatsmeowDatabase(url, self._guarded, derived=shared, pool=pool)
+        return self._databases[key]
 
     def build(self, instance: InstanceConfig) -> Session:
         if instance.session == "simulated":
             return _simulated(instance)
-        from service.sessions.whatsapp.devices import DeviceBook  # noqa: PLC0415
+        from service.sessions.whatsapp.devices import (  # noqa: PLC0415
+            DeviceBook,
+            SharedDeviceBook,
+            is_postgres,
+        )
         from service.sessions.whatsapp.ffi import NeonizeFFI  # noqa: PLC0415 - loads the Go library
         from service.sessions.whatsapp.guard import GuardedFFI  # noqa: PLC0415
         from service.sessions.whatsapp.probe import probe_path  # noqa: PLC0415
@@ -105,12 +133,22 @@ class WhatsAppSessions:
         if self._guarded is None:
             self._guarded = GuardedFFI(self._ffi)
         data_dir = Path(self._config.data_dir)
+        shared_url = self._config.database_url
         if self._devices is None:
-            self._devices = DeviceBook(data_dir / "devices.json")
+            if shared_url is not None:
+                self._devices = SharedDeviceBook(self._database(shared_url, shared=True).pool)
+            else:
+                self._devices = DeviceBook(data_dir / "devices.json")
         store = instance.store
-        if store is None:
+        database = None
+        if store is None and shared_url is not None:
+            database = self._database(shared_url, shared=True)
+            store = shared_url  # each dial gets its own DSN from ``database``
+        elif store is None:
             data_dir.mkdir(parents=True, exist_ok=True)
             store = str(data_dir / f"{instance.name}.db")
+        elif is_postgres(store):
+            database = self._database(store, shared=store == shared_url)
         options = WhatsAppOptions(
             backoff=Backoff(
                 self._config.reconnect_initial_seconds, self._config.reconnect_max_seconds
@@ -127,6 +165,7 @@ class WhatsAppSessions:
             devices=self._devices,
             probe=probe,
             options=options,
+            database=database,
         )
 
 

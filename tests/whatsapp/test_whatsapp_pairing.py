@@ -262,12 +262,12 @@ async def test_closing_the_gateway_mid_pairing_is_quick(start_whatsapp: StartWha
 
 
 async def test_on_a_shared_postgres_store_each_instance_keeps_its_own_device(
-    start_whatsapp: StartWhatsApp, tmp_path: Path
+    start_whatsapp: StartWhatsApp, tmp_path: Path, database_url: str
 ) -> None:
     """neonize loads a store's first device unless it is named (goneonize/main.go:634-650): on a
     PostgreSQL store shared by instances, each is named by the JID it paired as, and a pairing
     asks for a new device (``newDevice``) rather than resuming another instance's."""
-    url = "postgres://gw:pw@127.0.0.1:5432/whatsapp?sslmode=disable"
+    url = f"{database_url}?sslmode=disable"
     ffi = fresh(first=5, later=5)
     first = ffi.link_account("first", JID, store=url)
     DeviceBook(tmp_path / "devices.json").record("first", npb.JID(User=JID.split("@")[0],

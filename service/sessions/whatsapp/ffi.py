@@ -78,6 +78,11 @@ class WhatsAppFFI(Protocol):
         ``pairing``)."""
         ...
 
+    def open_store(self, store: str) -> str:
+        """Opens ``store`` as a ``Neonize`` call would, running whatsmeow's upgrade, with no
+        client and no dial (``GetAllDevices``, main.go:2376-2402). ``""``, or the error."""
+        ...
+
 
 #: The events a session subscribes to (neonize.events.EVENT_TO_INT codes). Device (0) is always
 #: sent. KeepAliveRestored (5), StreamReplaced (7) and ClientOutdated (10) are left out on purpose:
@@ -176,3 +181,14 @@ class NeonizeFFI:
 
     def stop(self, session_id: bytes) -> None:
         self._go.Stop(session_id)
+
+    def open_store(self, store: str) -> str:
+        from neonize._binder import func_callback_bytes2  # noqa: PLC0415
+
+        log_ref = func_callback_bytes2(lambda _buffer, _size: None)
+        self._callbacks.append((log_ref,))  # the container's logger outlives the call
+        # The answer is the devices' list or "error: ..." (main.go:2380-2387); the C string is
+        # left unfreed (a few bytes, once per process and database).
+        answer = self._go.GetAllDevices(store.encode(), log_ref)
+        text = ctypes.string_at(answer).decode(errors="replace") if answer else ""
+        return text.removeprefix("error: ") if text.startswith("error: ") else ""

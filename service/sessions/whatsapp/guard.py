@@ -282,6 +282,10 @@ class GuardedFFI:
         with self.guard.shared():
             return self.inner.pair_phone(session_id, phone)
 
+    def open_store(self, store: str) -> str:
+        # GetAllDevices touches none of neonize's maps (main.go:2376-2402): nothing to guard.
+        return self.inner.open_store(store)
+
     def stop(self, session_id: bytes) -> None:
         self._stopping.add(session_id)
         with self.guard.exclusive():

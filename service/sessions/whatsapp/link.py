@@ -80,6 +80,8 @@ class Link:
         self.phase = Phase.DIALING
         #: The pairing this link was dialled for (a ``pairing.Pairing``), or None.
         self.pairing: Any = None
+        #: A PostgreSQL store: the ``application_name`` of this call's connections.
+        self.store_call: str | None = None
         #: Whether a Connected came already (a later one is whatsmeow's own reconnect).
         self.connected_once = False
         self.started = time.monotonic()

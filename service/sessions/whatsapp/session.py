@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
+import asyncpg
 from neonize.proto import Neonize_pb2 as npb
 
 from service import errors
@@ -43,11 +44,12 @@ from service.sessions.base import (
     status_now,
 )
 from service.sessions.whatsapp import codec
-from service.sessions.whatsapp.devices import DeviceBook, is_postgres, jid_text
+from service.sessions.whatsapp.devices import Devices, is_postgres, jid_text
 from service.sessions.whatsapp.devices import sqlite_store_has_device as _sqlite_has_device
 from service.sessions.whatsapp.ffi import Dial, WhatsAppFFI
 from service.sessions.whatsapp.link import Link, Phase
 from service.sessions.whatsapp.pairing import Pairing
+from service.sessions.whatsapp.postgres import StoreUnavailable, WhatsmeowDatabase
 from service.sessions.whatsapp.threads import BlockingCalls
 from service.settings import Field, Settings
 
@@ -126,16 +128,20 @@ class WhatsAppSession:
         store: str,
         proxy: str | None,
         blocking: BlockingCalls,
-        devices: DeviceBook,
+        devices: Devices,
         probe: Probe | None = None,
         options: WhatsAppOptions = WhatsAppOptions(),
+        database: WhatsmeowDatabase | None = None,
     ) -> None:
+        """``database``: the PostgreSQL database ``store`` names, for a PostgreSQL store (its
+        upgrade, the device check, each call's DSN; ``postgres``)."""
         self.name = name
         self._ffi = ffi
         self._store = store
         self._proxy = proxy
         self._blocking_calls = blocking
         self._devices = devices
+        self._database = database
         self._probe = probe
         self._options = options
         self._status = status_now(SessionState.CONNECTING)
@@ -220,6 +226,8 @@ class WhatsAppSession:
 
     async def start(self) -> None:
         if self._supervisor is None:
+            if self._database is not None:
+                self._database.join()
             self._supervisor = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
 
     async def close(self) -> None:
@@ -237,6 +245,12 @@ class WhatsAppSession:
             await asyncio.gather(self._supervisor, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._devices.flush(), 10.0)
+        if self._database is not None and self._supervisor is not None:
+            if link is not None and link.store_call is not None and link.finished.done():
+                await self._database.release(link.store_call)
+            await self._database.leave()
 
     # -- pairing -----------------------------------------------------------------------------
 
@@ -299,9 +313,11 @@ class WhatsAppSession:
         delay = self._options.backoff.initial
         while not self._closing:
             pairing = self._pairing
-            if pairing is None and await self._nothing_to_dial():
+            problem = await self._check_store()
+            if not problem and pairing is None and await self._nothing_to_dial():
                 continue
-            problem = await self._probe(self._proxy) if self._probe is not None else ""
+            if not problem and self._probe is not None:
+                problem = await self._probe(self._proxy)
             if pairing is not None and self._pairing is not pairing:
                 continue  # its caller left during the probe (a newer one, if any, goes next)
             if problem:
@@ -316,6 +332,10 @@ class WhatsAppSession:
             # Shielded: cancelling the supervisor (close) must not cancel the link's own future,
             # which close awaits too.
             await asyncio.shield(link.finished)
+            if self._database is not None and link.store_call is not None:
+                # The call is over (returned, or stopped and given up): its container's
+                # connections are left open by neonize (``postgres``).
+                self._spawn(self._release(link.store_call))
             self._link = None
             self._cache = None
             self._fresh.clear()
@@ -348,6 +368,41 @@ class WhatsAppSession:
         await self._wait(delay, for_pairing=True)
         return self._options.backoff.next(delay)
 
+    async def _check_store(self) -> str:
+        """For a PostgreSQL store: the shared book's row read again, whatsmeow's schema made
+        current (once, one replica at a time), and this instance's device looked for in
+        ``whatsmeow_device``. A recorded device the store no longer holds (deleted, or logged
+        out from another replica) is forgotten: dialling its JID would abort the process, and
+        dialling none would load another instance's device (``postgres``). What keeps the store
+        from being used, or ""."""
+        database = self._database
+        if database is None:
+            return ""
+        try:
+            await self._devices.refresh(self.name)
+            await database.ready()
+            jid = self._devices.jid(self.name)
+            if jid is None or await database.has_device(jid):
+                return ""
+        except StoreUnavailable as exc:
+            return str(exc)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            return f"the device book: {type(exc).__name__}: {exc}"
+        self._devices.record(self.name, None)
+        self._status = replace(self._status, jid="")
+        self._set_state(
+            SessionState.NOT_PAIRED,
+            f"the store no longer holds this instance's device {jid_text(jid)} (deleted, or "
+            "logged out elsewhere): pair again",
+        )
+        return ""
+
+    async def _release(self, call: str) -> None:
+        assert self._database is not None
+        ended = await self._database.release(call)
+        if ended:
+            log.debug("%s: %d store connection(s) of a finished call ended", self.name, ended)
+
     async def _nothing_to_dial(self) -> bool:
         """Waits (and says so) while there is nothing to dial: no device, an operator's turn,
         or a ban that has not expired."""
@@ -374,14 +429,20 @@ class WhatsAppSession:
         session_id = f"{self.name}#{self._links}".encode()
         jid = self._devices.jid(self.name)
         self._set_state(SessionState.CONNECTING if pairing is None else SessionState.PAIRING)
-        # A PostgreSQL store holds other instances' devices too: always name ours.
+        # A PostgreSQL store holds other instances' devices too: always name ours (a dial with
+        # no JID is a pairing's, for a new device: never the store's first one).
         named = pairing is None and jid is not None and is_postgres(self._store)
+        store, call = self._store, None
+        if self._database is not None:
+            call, store = self._database.new_call()
         dial = Dial(
-            session_id, self._store, jid.SerializePartialToString() if named and jid else b"",
-            self._proxy, self._options.log_level, new_device=pairing is not None,
+            session_id, store, jid.SerializePartialToString() if named and jid else b"",
+            self._proxy, self._options.log_level,
+            new_device=pairing is not None or (is_postgres(store) and not named),
         )  # fmt: skip
         self._link = Link(self._ffi, self._blocking_calls, dial, self._on_link)
         self._link.pairing = pairing
+        self._link.store_call = call
         return self._link
 
     def _has_device(self) -> bool:

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from neonize.proto import Neonize_pb2 as npb
 
@@ -199,9 +200,18 @@ class StandInFFI:
                 return client
         raise KeyError(name)
 
+    def open_store(self, store: str) -> str:
+        """``GetAllDevices`` (main.go:2376-2402): ``getDB`` opens the store, running whatsmeow's
+        upgrade (store/sqlstore/container.go:46-58), and nothing more is done with it here."""
+        self.store(store).open()
+        return ""
+
     def store(self, name: str) -> Store:
+        """The store a store string names; for PostgreSQL, whatever ``application_name`` and
+        ``connect_timeout`` the gateway's DSN for one call carries (``postgres.neonize_dsn``)."""
+        key = _database_key(name)
         with self._lock:
-            return self.stores.setdefault(name, Store(name))
+            return self.stores.setdefault(key, Store(key))
 
     def scan(self, name: str, jid: str) -> None:
         """The owner scans the QR code (pair.go:147, qrchan.go:172-173, then the 515 reconnect,
@@ -389,6 +399,17 @@ class StandInFFI:
         with self._lock:
             self.stanzas += 1
             device.stanzas += 1
+
+
+def _database_key(name: str) -> str:
+    if not name.startswith("postgres"):
+        return name
+    parts = urlsplit(name)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in _PER_CALL]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+_PER_CALL = frozenset({"application_name", "connect_timeout"})
 
 
 def _jid(jid: str, device: int) -> npb.JID:

@@ -2,18 +2,25 @@
 
 A store is whatsmeow's ``sqlstore`` container: for a SQLite path, a real file with whatsmeow's
 ``whatsmeow_device`` table (store/sqlstore/upgrades), because the gateway looks into it before it
-dials; a PostgreSQL URL's devices live here only. A device is one linked account: its JID once
-paired, the settings WhatsApp holds for it (as WhatsApp's own strings, so values outside the
-gateway's table can be played), and the faults a test arranges for its next stanzas.
+dials; for a PostgreSQL URL, that table (and ``whatsmeow_version``) in the real database, keyed
+by jid as whatsmeow writes it (``types.JID.String()``, types/jid.go:216-228), since the gateway
+looks there for an instance's device before it dials (``postgres.WhatsmeowDatabase.has_device``).
+The devices themselves (their keys, settings) live here only.
+
+A device is one linked account: its JID once paired, the settings WhatsApp holds for it (as
+WhatsApp's own strings, so values outside the gateway's table can be played), and the faults a
+test arranges for its next stanzas.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from service.sessions.simulated import DEFAULT_SETTINGS
 
@@ -57,6 +64,13 @@ class Device:
     connect_failure: int | None = None
     #: How many stanzas (IQs: fetches, sets, pairing codes) reached WhatsApp.
     stanzas: int = 0
+
+    @property
+    def store_jid(self) -> str:
+        """whatsmeow's key for this device in ``whatsmeow_device`` (types/jid.go:216-228)."""
+        user, _, server = self.jid.partition("@")
+        server = server or "s.whatsapp.net"
+        return f"{user}:{self.device_number}@{server}" if self.device_number else f"{user}@{server}"
 
     def take_fault(self, category: str | None) -> Fault | None:
         for fault in list(self.faults):
@@ -107,6 +121,7 @@ class Store:
     def _sync_file(self) -> None:
         path = self.path
         if path is None:
+            self._sync_postgres()
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(path)
@@ -120,3 +135,52 @@ class Store:
             connection.commit()
         finally:
             connection.close()
+
+    def _sync_postgres(self) -> None:
+        """The rows whatsmeow's upgrade (00-latest-schema.sql, dbutil/upgrades.go:53-72, 238)
+        and ``PutDevice``/``DeleteDevice`` leave, written from a thread of its own (a caller may
+        be the event loop's thread)."""
+        jids = [d.store_jid for d in self.devices if d.jid]
+        url = _asyncpg_url(self.name)
+
+        async def write() -> None:
+            import asyncpg  # noqa: PLC0415
+
+            connection = await asyncpg.connect(url, timeout=5)
+            try:
+                async with connection.transaction():
+                    await connection.execute(
+                        "SELECT pg_advisory_xact_lock(2003)"  # the stand-in's own turns
+                    )
+                    await connection.execute(
+                        "CREATE TABLE IF NOT EXISTS whatsmeow_version (version INTEGER, compat "
+                        "INTEGER); CREATE TABLE IF NOT EXISTS whatsmeow_device (jid TEXT "
+                        "PRIMARY KEY); DELETE FROM whatsmeow_version; "
+                        "INSERT INTO whatsmeow_version VALUES (15, 8); DELETE FROM whatsmeow_device"
+                    )
+                    await connection.executemany(
+                        "INSERT INTO whatsmeow_device (jid) VALUES ($1)", [(j,) for j in jids]
+                    )
+            finally:
+                await connection.close()
+
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                asyncio.run(write())
+            except BaseException as exc:  # handed to the caller's thread
+                errors.append(exc)
+
+        writer = threading.Thread(target=run, name="standin-postgres", daemon=True)
+        writer.start()
+        writer.join()
+        if errors:
+            raise errors[0]
+
+
+def _asyncpg_url(name: str) -> str:
+    """The store string without what only lib/pq takes (asyncpg would send it to the server)."""
+    parts = urlsplit(name)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("connect_timeout",)]
+    return urlunsplit(parts._replace(query=urlencode(query)))
