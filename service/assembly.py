@@ -43,8 +43,9 @@ def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gate
     sessions = WhatsAppSessions(config, blocking, ffi)
     cluster = Cluster(config) if config.database_url is not None else None
     instances = InstanceDirectory(
-        Instance(i.name, i.account, sessions.build(i), serving=_serving(cluster, i.name))
+        Instance(i.name, i.account, sessions.build(i, serving), serving=serving)
         for i in config.instances
+        for serving in (_serving(cluster, i.name),)
     )
     limiter = RateLimiter(config.rate_limit_per_minute)
     retention = config.journal_retention_days * 86400
@@ -60,6 +61,7 @@ def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gate
         calls=CallLimiter(config.max_concurrent_calls),
         limits=TransportLimits.of(config),
         metrics=metrics,
+        ownership=cluster,
         cluster=cluster,
     )
 
@@ -107,7 +109,8 @@ class WhatsAppSessions:
             self._databases[key] = WhatsmeowDatabase(url, self._guarded, derived=shared, pool=pool)
         return self._databases[key]
 
-    def build(self, instance: InstanceConfig) -> Session:
+    def build(self, instance: InstanceConfig, serving: Callable[[], bool]) -> Session:
+        """``instance``'s session; ``serving`` says whether this process may dial it now."""
         if instance.session == "simulated":
             return _simulated(instance)
         from service.sessions.whatsapp.devices import (  # noqa: PLC0415
@@ -166,6 +169,7 @@ class WhatsAppSessions:
             probe=probe,
             options=options,
             database=database,
+            may_dial=serving,
         )
 
 

@@ -163,7 +163,8 @@ class WhatsmeowDatabase:
                 self._opening = asyncio.Lock()
             async with self._opening:
                 if self._pool is None:
-                    from service.cluster.database import DatabaseError, open_pool  # noqa: PLC0415
+                    from service.cluster import DatabaseError  # noqa: PLC0415
+                    from service.cluster.database import open_pool  # noqa: PLC0415
 
                     try:
                         self._pool = await open_pool(asyncpg_url(self._url), max_size=2)

@@ -132,9 +132,12 @@ class WhatsAppSession:
         probe: Probe | None = None,
         options: WhatsAppOptions = WhatsAppOptions(),
         database: WhatsmeowDatabase | None = None,
+        may_dial: Callable[[], bool] = lambda: True,
     ) -> None:
         """``database``: the PostgreSQL database ``store`` names, for a PostgreSQL store (its
-        upgrade, the device check, each call's DSN; ``postgres``)."""
+        upgrade, the device check, each call's DSN; ``postgres``). ``may_dial``: asked before
+        every dial; a replica dials only while it holds the instance's lease."""
+        self._may_dial = may_dial
         self.name = name
         self._ffi = ffi
         self._store = store
@@ -327,6 +330,11 @@ class WhatsAppSession:
                 self._disconnected(problem, delay)
                 await self._wait(delay, for_pairing=True)
                 delay = self._options.backoff.next(delay)
+                continue
+            if not self._may_dial():
+                # The lease went (the replica stops the session; ``service.cluster``): no dial.
+                self._disconnected("this replica does not hold the instance's lease", delay)
+                await self._wait(delay)
                 continue
             link = self._dial(pairing)
             # Shielded: cancelling the supervisor (close) must not cancel the link's own future,
