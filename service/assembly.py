@@ -15,6 +15,7 @@ from service.operations import Operations
 from service.ratelimit import RateLimiter
 from service.sessions.base import Session
 from service.sessions.simulated import DEFAULT_SETTINGS, SimulatedSession
+from service.sessions.simulator.session import SimulatorSession
 from service.sessions.whatsapp.threads import BlockingCalls
 from service.settings import Field, Settings
 
@@ -73,7 +74,7 @@ class WhatsAppSessions:
 
     def build(self, instance: InstanceConfig) -> Session:
         if instance.session == "simulated":
-            return _simulated(instance)
+            return _simulated(instance, self._config)
         from service.sessions.whatsapp.devices import DeviceBook  # noqa: PLC0415
         from service.sessions.whatsapp.ffi import NeonizeFFI  # noqa: PLC0415 - loads the Go library
         from service.sessions.whatsapp.guard import GuardedFFI  # noqa: PLC0415
@@ -118,10 +119,21 @@ class WhatsAppSessions:
         )
 
 
-def _simulated(config: InstanceConfig) -> SimulatedSession:
+def _simulated(config: InstanceConfig, gateway: GatewayConfig) -> Session:
     initial = dict(DEFAULT_SETTINGS)
     for field in Field:
         value = getattr(config.settings, field.value)
         if value is not None:
             initial[field] = value
+    if config.simulator is not None:
+        # The account lives in the simulator the replicas share; ``initial`` only seeds it.
+        return SimulatorSession(
+            config.name,
+            config.simulator,
+            client=gateway.replica_id or "gateway",
+            initial=initial,
+            reconnect_initial=gateway.reconnect_initial_seconds,
+            reconnect_max=gateway.reconnect_max_seconds,
+            stanza_timeout=gateway.stanza_timeout_seconds,
+        )
     return SimulatedSession(Settings(initial), latency=config.latency_ms / 1000)
