@@ -360,6 +360,10 @@ class SimulatorServer:
             log.info("simulator: closing a connection that broke the protocol: %s", exc)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:
+            # Only ``close`` cancels a handler; ending quietly keeps asyncio's stream callback
+            # (which asks a finished handler for its exception) from logging the cancellation.
+            pass
         finally:
             self._handlers.discard(task)
             with contextlib.suppress(OSError, RuntimeError):
