@@ -173,7 +173,8 @@ class SimulatorSession:
         self.address = address
         self._host = host.strip("[]")
         self._port = int(port)
-        self._client = client
+        #: This process's label in the simulator's history (the replica id).
+        self.client = client
         self._initial = dict(initial or {})
         self._may_connect = may_connect
         self._reconnect_initial = reconnect_initial
@@ -312,7 +313,7 @@ class SimulatorSession:
                 hello: dict[str, Any] = {
                     "type": "hello",
                     "account": self.name,
-                    "client": self._client,
+                    "client": self.client,
                 }
                 if self._initial:
                     hello["settings"] = settings_to_wire(self._initial)
