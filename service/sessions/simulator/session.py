@@ -188,8 +188,8 @@ class SimulatorSession:
         self._supervisor: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        #: How many connections have been made (a test can wait for the next).
-        self.connections = 0
+        #: How many connections this session has made (a test can wait for the next one).
+        self.connections_made = 0
 
     # -- the Session interface -------------------------------------------------------------
 
@@ -287,7 +287,7 @@ class SimulatorSession:
                 continue
             self._link = link
             self._cache = None
-            self.connections += 1
+            self.connections_made += 1
             self._set_state(SessionState.CONNECTED)
             delay = self._reconnect_initial
             self._spawn(self._refresh(link))
