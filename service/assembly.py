@@ -17,6 +17,7 @@ from service.operations import Operations
 from service.ratelimit import RateLimiter
 from service.sessions.base import Session
 from service.sessions.simulated import DEFAULT_SETTINGS, SimulatedSession
+from service.sessions.simulator.session import SimulatorSession
 from service.sessions.whatsapp.threads import BlockingCalls
 from service.settings import Field, Settings
 
@@ -40,8 +41,11 @@ def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gate
     blocking = None
     if any(i.session == "whatsapp" for i in config.instances):
         blocking = BlockingCalls(config.stanza_threads)
-    sessions = WhatsAppSessions(config, blocking, ffi)
     cluster = Cluster(config) if config.database_url is not None else None
+    if cluster is not None:
+        # One name for this replica everywhere (a random one is drawn when none is configured).
+        config = config.model_copy(update={"replica_id": cluster.replica_id})
+    sessions = WhatsAppSessions(config, blocking, ffi)
     instances = InstanceDirectory(
         Instance(i.name, i.account, sessions.build(i, serving), serving=serving)
         for i in config.instances
@@ -112,7 +116,7 @@ class WhatsAppSessions:
     def build(self, instance: InstanceConfig, serving: Callable[[], bool]) -> Session:
         """``instance``'s session; ``serving`` says whether this process may dial it now."""
         if instance.session == "simulated":
-            return _simulated(instance)
+            return _simulated(instance, self._config, serving)
         from service.sessions.whatsapp.devices import (  # noqa: PLC0415
             DeviceBook,
             SharedDeviceBook,
@@ -173,10 +177,24 @@ class WhatsAppSessions:
         )
 
 
-def _simulated(config: InstanceConfig) -> SimulatedSession:
+def _simulated(
+    config: InstanceConfig, gateway: GatewayConfig, serving: Callable[[], bool]
+) -> Session:
     initial = dict(DEFAULT_SETTINGS)
     for field in Field:
         value = getattr(config.settings, field.value)
         if value is not None:
             initial[field] = value
+    if config.simulator is not None:
+        # The account lives in the simulator the replicas share; ``initial`` only seeds it.
+        return SimulatorSession(
+            config.name,
+            config.simulator,
+            client=gateway.replica_id or "gateway",
+            initial=initial,
+            may_connect=serving,
+            reconnect_initial=gateway.reconnect_initial_seconds,
+            reconnect_max=gateway.reconnect_max_seconds,
+            stanza_timeout=gateway.stanza_timeout_seconds,
+        )
     return SimulatedSession(Settings(initial), latency=config.latency_ms / 1000)

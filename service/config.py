@@ -114,6 +114,11 @@ class InstanceConfig(_Strict):
     latency_ms: Annotated[int, Field(ge=0, le=60_000)] = 0
     #: Simulated only: initial settings (unset fields take WhatsApp's defaults).
     settings: SimulatedSettings = SimulatedSettings()
+    #: Simulated only: the simulated WhatsApp (``python -m service.sessions.simulator``) that
+    #: holds this account, so that replicas share it; unset: the account lives in this process.
+    #: ``settings`` are then the account's initial ones if the simulator does not know it yet,
+    #: and the round trip is the simulator's (``--latency-ms``), not ``latency_ms``.
+    simulator: HostPort | None = None
 
     @field_validator("store")
     @classmethod
@@ -129,10 +134,18 @@ class InstanceConfig(_Strict):
 
     @model_validator(mode="after")
     def _keys_fit_the_kind(self) -> InstanceConfig:
-        only = {"simulated": ("proxy", "store"), "whatsapp": ("latency_ms", "settings")}
+        only = {
+            "simulated": ("proxy", "store"),
+            "whatsapp": ("latency_ms", "settings", "simulator"),
+        }
         for key in only[self.session]:
             if key in self.model_fields_set:
                 raise ValueError(f"{key} does not apply to a {self.session} session")
+        if self.simulator is not None and "latency_ms" in self.model_fields_set:
+            raise ValueError(
+                "latency_ms does not apply with simulator: the simulator's own --latency-ms "
+                "sets the round trip"
+            )
         return self
 
 
