@@ -72,9 +72,15 @@ ON CONFLICT (instance) DO UPDATE SET
 WHERE gateway_leases.expires_at <= now()
 RETURNING instance, token
 """
+_OWNER = """
+SELECT r.replica_id, r.grpc_address, r.http_address
+FROM gateway_leases l JOIN gateway_replicas r ON r.replica_id = l.owner
+WHERE l.instance = $1 AND l.expires_at > now() AND r.expires_at > now()
+"""
 _RELEASE = "DELETE FROM gateway_leases WHERE instance = ANY($1::text[]) AND owner = $2"
 _LEAVE = "DELETE FROM gateway_replicas WHERE replica_id = $1"
-#: Told on release, so that the others take the leases at once rather than at their next round.
+#: Told on release and on taking, so that the others take the leases at once (rather than at
+#: their next round) and route to the new owner at once.
 _CHANNEL = "gateway_leases_released"
 
 
@@ -154,6 +160,22 @@ class Leases:
         peer = self._peers.get(owner) if owner is not None else None
         if peer is None or owner == self.replica_id:
             raise errors.INSTANCE_UNOWNED.error(retry_after=self._timing.renew, instance=instance)
+        return peer
+
+    async def lookup(self, instance: str) -> Peer | None:
+        """``route`` asked of the database itself, for a call that found no owner in the last
+        round's view (a lease that moved since): the owner now, or INSTANCE_UNOWNED."""
+        if self.holds(instance):
+            return None
+        try:
+            row = await self._pool.fetchrow(_OWNER, instance)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            row = None
+        if row is None or row["replica_id"] == self.replica_id:
+            raise errors.INSTANCE_UNOWNED.error(retry_after=self._timing.renew, instance=instance)
+        peer = Peer(row["replica_id"], row["grpc_address"], row["http_address"])
+        self._peers[peer.replica_id] = peer
+        self._owners[instance] = peer.replica_id
         return peer
 
     def owner(self, instance: str) -> str | None:
@@ -266,6 +288,8 @@ class Leases:
                 if wanted:
                     sent = self._clock()
                     taken = await connection.fetch(_ACQUIRE, wanted, me.replica_id, timing.ttl)
+                    if taken:
+                        await connection.execute(f"NOTIFY {_CHANNEL}")
                     await self._taken(taken, sent)
                 await self._hand_off(connection, settled)
 

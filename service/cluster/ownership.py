@@ -65,6 +65,11 @@ class Ownership(Protocol):
         (its owner just died and the lease has not moved yet)."""
         ...
 
+    async def lookup(self, instance: str) -> Peer | None:
+        """``route``, from the database itself rather than the last view of it: for a call that
+        ``route`` found no owner for (a lease that just moved). Raises INSTANCE_UNOWNED too."""
+        ...
+
     def token(self, instance: str) -> int | None:
         """The fencing token of ``instance``'s lease while this replica holds it, else None."""
         ...

@@ -73,6 +73,11 @@ class Cluster:
             raise errors.INSTANCE_UNOWNED.error(retry_after=self.timing.renew, instance=instance)
         return self.leases.route(instance)
 
+    async def lookup(self, instance: str) -> Peer | None:
+        if self.leases is None:
+            raise errors.INSTANCE_UNOWNED.error(retry_after=self.timing.renew, instance=instance)
+        return await self.leases.lookup(instance)
+
     def owner(self, instance: str) -> str | None:
         """The replica serving ``instance`` as last seen (None: nobody, for now)."""
         return self.leases.owner(instance) if self.leases is not None else None

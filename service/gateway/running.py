@@ -99,7 +99,10 @@ class Gateway:
             return await self.admit(token, names)
         principal = self.tokens.authenticate(token)
         self.instances.authorize(principal, instance)
-        peer = ownership.route(instance)
+        try:
+            peer = ownership.route(instance)
+        except GatewayError:  # nobody, as of the last view: the lease may just have moved
+            peer = await ownership.lookup(instance)
         if peer is not None:
             if marked:
                 raise errors.INSTANCE_UNOWNED.error(

@@ -54,6 +54,9 @@ class TableOwnership:
             raise errors.INSTANCE_UNOWNED.error(instance=instance, retry_after=1.0)
         return None if owner == self.me else self.peers[owner]
 
+    async def lookup(self, instance: str) -> Peer | None:
+        return self.route(instance)  # the table is always current
+
     def token(self, instance: str) -> int | None:
         return 1 if self.holds(instance) else None
 

@@ -59,6 +59,8 @@ def replica_config(
         f"lease_ttl_seconds = {TTL_SECONDS}",
         f"lease_renew_seconds = {RENEW_SECONDS}",
         f"rate_limit_per_minute = {rate_limit_per_minute}",
+        "reconnect_initial_seconds = 0.2",
+        "reconnect_max_seconds = 2.0",
         f"shutdown_grace_seconds = {grace}",
         'log_format = "text"',
         "",
