@@ -1,18 +1,38 @@
 """Requests per minute per token (the REST contract's global limit: 100 a minute).
 
 A moving window, so a caller cannot burst twice the limit across a minute boundary. The limiter
-is in memory: the limit is per gateway process, which is what a single-process gateway serves.
+here is in memory: the limit is per gateway process, which is what a single-process gateway
+serves. Replicas share one limit per token in their database instead
+(``service.cluster.ratelimit.PostgresRateLimiter``); admission only knows ``RateLimit``.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from service import errors
+
+
+class RateLimit(Protocol):
+    """What admission asks of a rate limit, whether it lives in this process or is shared.
+
+    A protocol rather than a base class, so that a limit kept elsewhere (the replicas' database)
+    owes nothing to the in-memory one and a test can stand in with anything of this shape."""
+
+    @property
+    def per_minute(self) -> int:
+        """Requests a minute each key may make; 0 when the limit is off."""
+        ...
+
+    async def check(self, key: str) -> None:
+        """Counts one request for ``key`` (a token's SHA-256 digest, never the token); raises
+        ``RATE_LIMITED`` (with its retry_after) when ``key`` is over the limit."""
+        ...
 
 
 class RateLimiter:

@@ -18,7 +18,7 @@ from service.instances import InstanceDirectory
 from service.limits import CallLimiter, TransportLimits
 from service.observability import Metrics
 from service.operations import Operations
-from service.ratelimit import RateLimiter
+from service.ratelimit import RateLimit
 from service.sessions.base import SettingsChange
 from service.sessions.whatsapp.threads import BlockingCalls
 
@@ -50,7 +50,8 @@ class Gateway:
 
     instances: InstanceDirectory
     tokens: TokenRegistry
-    limiter: RateLimiter
+    #: In memory for one process; shared in the database for replicas.
+    limiter: RateLimit
     operations: Operations
     #: Runs the blocking WhatsApp calls (stanzas); None when no instance needs one.
     blocking: BlockingCalls | None = None
