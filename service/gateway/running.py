@@ -131,7 +131,11 @@ class Gateway:
         """Opens the shared database (replicas) and the journal; raises ``JournalError`` or
         ``DatabaseError`` (one line) when either cannot be used."""
         if self.cluster is not None:
-            await self.cluster.open()
+            from service.cluster.ratelimit import open_rate_limiter  # noqa: PLC0415
+
+            pool = await self.cluster.open()
+            # One limit per token for the whole deployment, counted in the shared database.
+            self.limiter = await open_rate_limiter(pool, self.limiter.per_minute)
         await self.operations.start_up()
 
     async def start_sessions(self) -> None:

@@ -24,7 +24,7 @@ from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
 from service.sessions.simulator.server import Ending, SimulatorServer
 from service.settings import Field
 from tests.helpers.harness import visibility
-from tests.helpers.processes import CLI, stripped_env
+from tests.helpers.processes import CLI, started_gateways, stripped_env
 from tests.helpers.replicas import (
     INSTANCES,
     METADATA,
@@ -33,6 +33,8 @@ from tests.helpers.replicas import (
     Replica,
     ReplicaSet,
     replica_config,
+    replica_set,
+    rpc_code,
 )
 
 NONE = visibility(last_seen=spb.VISIBILITY_VALUE_NONE)
@@ -208,3 +210,49 @@ def test_an_unreachable_database_stops_the_start_with_one_line(tmp_path: Path) -
         "(ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 1))"
     ]
     assert "s3cret" not in done.stderr
+
+
+async def test_the_rate_limit_is_one_for_the_deployment_exact_under_a_burst(
+    tmp_path: Path, database_url: str, whatsapp: SimulatorServer
+) -> None:
+    limit = 60
+    with started_gateways(tmp_path) as start:
+        async with replica_set(
+            tmp_path,
+            database_url,
+            INSTANCES,
+            start,
+            simulator=whatsapp.address,
+            rate_limit_per_minute=limit,
+        ) as deployment:
+            a, b, c = [await deployment.start(name) for name in ("a", "b", "c")]
+            # Each replica serving some instances, so that the calls are counted on all three.
+            await deployment.wait_owners(
+                lambda o: len(o) == len(INSTANCES) and set(o.values()) == {"a", "b", "c"},
+                3 * TTL_SECONDS + 6 * RENEW_SECONDS + 5,
+            )
+            calls = [
+                (replica, instance)
+                for instance in INSTANCES
+                for replica in (a, b, c)
+                for _ in range(10)
+            ]  # 180 calls, 3x the limit, every instance on every replica
+            codes = await asyncio.gather(
+                *(
+                    rpc_code(
+                        replica.privacy.GetPrivacySettings(
+                            pb.GetPrivacySettingsRequest(instance=instance),
+                            metadata=METADATA,
+                            timeout=10,
+                        )
+                    )
+                    for replica, instance in calls
+                )
+            )
+
+    counts = {code: codes.count(code) for code in set(codes)}
+    print(f"\nburst of {len(calls)} calls over 3 replicas, limit {limit}/min: {counts}")
+    assert counts == {
+        grpc.StatusCode.OK: limit,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: len(calls) - limit,
+    }
