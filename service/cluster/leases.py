@@ -119,7 +119,10 @@ class Leases:
         on_lost: Lost,
         may_hand_off: Callable[[str], bool] = lambda name: True,
         clock: Callable[[], float] = time.monotonic,
+        events: Callable[[str, int], None] = lambda event, count: None,
     ) -> None:
+        """``events(event, count)`` is told each change (``service.observability.metrics``)."""
+        self._events = events
         self._pool = pool
         self._me = me
         self._instances = list(instances)
@@ -215,6 +218,8 @@ class Leases:
         async with self._lock:
             held = list(self._held)
             await self._lose(held)
+        if held:
+            self._events("released", len(held))
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.remove_listener(_CHANNEL, self._released_elsewhere)
@@ -254,6 +259,7 @@ class Leases:
             overdue = [n for n, h in self._held.items() if self._clock() >= h.trusted_until]
             if overdue:
                 log.warning("leases: %s not renewed in time: no longer served", ", ".join(overdue))
+                self._events("untrusted", len(overdue))
                 await self._lose(overdue)
 
     async def _round(self) -> None:
@@ -301,9 +307,12 @@ class Leases:
         lost = [name for name in self._held if name not in kept]
         if lost:
             log.warning("leases: %s taken by another replica: no longer served", ", ".join(lost))
+            self._events("lost", len(lost))
             await self._lose(lost)
 
-    async def _taken(self, rows: Iterable[asyncpg.Record], sent: float) -> None:
+    async def _taken(self, rows: Sequence[asyncpg.Record], sent: float) -> None:
+        if rows:
+            self._events("acquired", len(rows))
         for row in rows:
             name, token = row["instance"], row["token"]
             self._held[name] = _Held(token, sent + self._timing.trust)
@@ -325,6 +334,7 @@ class Leases:
         ]
         if not leaving:
             return
+        self._events("handed_off", len(leaving))
         await self._lose(leaving)
         await connection.execute(_RELEASE, leaving, self.replica_id)
         await connection.execute(f"NOTIFY {_CHANNEL}")

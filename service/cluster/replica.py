@@ -101,6 +101,7 @@ class Cluster:
         on_acquired: Acquired,
         on_lost: Lost,
         may_hand_off: Callable[[str], bool],
+        events: Callable[[str, int], None] = lambda event, count: None,
     ) -> None:
         """Takes part in the leases: from now on this replica serves what it holds."""
         self.me = me
@@ -112,6 +113,7 @@ class Cluster:
             on_acquired=on_acquired,
             on_lost=on_lost,
             may_hand_off=may_hand_off,
+            events=events,
         )
         await self.leases.start()
         log.info(

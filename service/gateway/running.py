@@ -153,8 +153,15 @@ class Gateway:
             return
         me = self.cluster.advertised(grpc_bound, http_bound)
         await self.cluster.join(
-            me, on_acquired=self._acquired, on_lost=self._lost, may_hand_off=self._idle
+            me,
+            on_acquired=self._acquired,
+            on_lost=self._lost,
+            may_hand_off=self._idle,
+            events=self.metrics.lease_event,
         )
+        leases = self.cluster.leases
+        assert leases is not None
+        self.metrics.count_leases(lambda: len(leases.held))
 
     async def _acquired(self, name: str, token: int) -> None:
         instance = self.instances.get(name)

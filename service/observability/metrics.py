@@ -12,7 +12,11 @@ would share, and collide on, its names. Every name starts with ``privacy_gateway
 - ``instances{state}``: instances by session state, read at scrape time;
 - ``rate_limited_total``: calls refused by the per-token rate limit;
 - ``journal_commit_seconds{thread}``: each group commit of the journal, on the ``loop`` or the
-  ``writer`` thread.
+  ``writer`` thread;
+- replicas only: ``leases_held`` (the instances this replica serves, read at scrape time) and
+  ``lease_events_total{event}``: leases ``acquired``, ``handed_off`` to a replica that joined,
+  ``released`` at shutdown, ``lost`` (taken by another replica after this one could not renew:
+  the one an operator watches), ``untrusted`` (not renewed in time: stopped by the watchdog).
 
 The update path is hot (``python -m benchmarks``): every labelled child it touches is resolved
 once, here, and looked up in plain dicts, so an event costs a dict lookup and an increment.
@@ -20,7 +24,7 @@ once, here, and looked up in plain dicts, so an event costs a dict lookup and an
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -87,6 +91,14 @@ class Metrics:
             registry=registry,
         )
         registry.register(InstanceStates(instances))
+        self._lease_events = Counter(
+            PREFIX + "lease_events",
+            "Changes of this replica's instance leases, by event (replicas only).",
+            ("event",),
+            registry=registry,
+        )
+        self._leases_held = LeasesHeld()
+        registry.register(self._leases_held)
         # Resolved once: the update path only looks children up.
         self._call_children: dict[str, dict[str, Counter]] = {}
         self._outcomes: dict[OperationState, Counter] = {
@@ -113,6 +125,14 @@ class Metrics:
 
     def rate_limited(self) -> None:
         self._rate_limited.inc()
+
+    def lease_event(self, event: str, count: int = 1) -> None:
+        """``count`` leases changed so (``acquired``, ``lost``...: see the module's list)."""
+        self._lease_events.labels(event).inc(count)
+
+    def count_leases(self, held: Callable[[], int]) -> None:
+        """From now on ``leases_held`` reports ``held()`` (a replica, once it has joined)."""
+        self._leases_held.held = held
 
     def journaled(self, event: Event) -> None:
         """An update's event that the journal records: a field's outcome, or the end."""
@@ -148,8 +168,29 @@ class InstanceStates:
     def collect(self) -> Iterable[Metric]:
         counts = dict.fromkeys(SessionState, 0)
         for instance in self._instances:
-            counts[instance.session.status().state] += 1
+            # A replica counts only what it serves: summed over replicas, each instance once.
+            if instance.serving():
+                counts[instance.session.status().state] += 1
         family = GaugeMetricFamily(self.NAME, self.HELP, labels=("state",))
         for state, count in counts.items():
             family.add_metric((state.value,), count)
         return [family]
+
+
+class LeasesHeld:
+    """``privacy_gateway_leases_held``: the instances this replica serves, read when scraped;
+    absent for a gateway that runs as one process."""
+
+    NAME = PREFIX + "leases_held"
+    HELP = "Instance leases this replica holds (replicas only)."
+
+    def __init__(self) -> None:
+        self.held: Callable[[], int] | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily(self.NAME, self.HELP)]
+
+    def collect(self) -> Iterable[Metric]:
+        if self.held is None:
+            return []
+        return [GaugeMetricFamily(self.NAME, self.HELP, value=self.held())]
