@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,7 @@ from service.auth import Principal, Scope, TokenRegistry
 from service.config import GatewayConfig, InstanceConfig
 from service.gateway import Gateway
 from service.instances import Instance, InstanceDirectory
+from service.journal.sqlite import sqlite_journal
 from service.limits import CallLimiter, TransportLimits
 from service.observability import Metrics
 from service.operations import Operations
@@ -19,13 +21,21 @@ from service.sessions.whatsapp.threads import BlockingCalls
 from service.settings import Field, Settings
 
 if TYPE_CHECKING:
+    from service.cluster.ownership import Ownership
+    from service.journal.protocol import JournalStore
     from service.sessions.whatsapp.devices import DeviceBook
     from service.sessions.whatsapp.ffi import WhatsAppFFI
     from service.sessions.whatsapp.guard import GuardedFFI
 
 
-def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gateway:
-    """The gateway ``config`` describes; ``ffi`` replaces neonize's Go library (tests)."""
+def build_gateway(
+    config: GatewayConfig, ffi: WhatsAppFFI | None = None, *, ownership: Ownership | None = None
+) -> Gateway:
+    """The gateway ``config`` describes; ``ffi`` replaces neonize's Go library (tests).
+
+    With ``database_url`` the journal is PostgreSQL's, its writes fenced by ``ownership`` (the
+    leases), which is then required; without, SQLite's in ``data_dir``.
+    """
     principals = [Principal(Scope.ACCOUNT, a.name, a.name, a.token_sha256) for a in config.accounts]
     principals += [
         Principal(Scope.INSTANCE, i.name, i.account, i.token_sha256)
@@ -41,9 +51,8 @@ def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gate
     )
     limiter = RateLimiter(config.rate_limit_per_minute)
     retention = config.journal_retention_days * 86400
-    journal = Path(config.data_dir) / "journal.db"
     metrics = Metrics(instances)
-    operations = Operations(journal, retention, fsync=config.journal_fsync, metrics=metrics)
+    operations = Operations(_journal(config, ownership, metrics), retention, metrics=metrics)
     return Gateway(
         instances,
         TokenRegistry(principals),
@@ -116,6 +125,21 @@ class WhatsAppSessions:
             probe=probe,
             options=options,
         )
+
+
+def _journal(
+    config: GatewayConfig, ownership: Ownership | None, metrics: Metrics
+) -> Callable[[], Awaitable[JournalStore]]:
+    """The opener of the journal ``config`` names (imports asyncpg only for PostgreSQL)."""
+    if config.database_url is None:
+        timers = (metrics.commit_on_loop, metrics.commit_on_writer)
+        path = Path(config.data_dir) / "journal.db"
+        return sqlite_journal(path, fsync=config.journal_fsync, commit_timers=timers)
+    if ownership is None:
+        raise ValueError("database_url needs the leases' ownership to fence the journal")
+    from service.journal.postgres import postgres_journal  # noqa: PLC0415 - loads asyncpg
+
+    return postgres_journal(config.database_url, ownership)
 
 
 def _simulated(config: InstanceConfig) -> SimulatedSession:
