@@ -24,10 +24,9 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from service.cluster.database import (
     CONNECT_TIMEOUT_SECONDS,
@@ -49,9 +48,12 @@ from service.operations.record import (
 )
 from service.settings import Settings
 
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
 T = TypeVar("T")
 #: A connection of the pool, as ``Pool.acquire`` lends it.
-Connection = PoolConnectionProxy[asyncpg.Record]
+Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS operations (
