@@ -4,7 +4,6 @@ shared ``data_dir``."""
 from __future__ import annotations
 
 import sqlite3
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from tests.helpers.faults import SmallFilesystem
 from tests.helpers.harness import GatewayFactory, Harness, gateway_config
 from tests.helpers.journal_restart import StartGateway
 from tests.helpers.leases import TestLeases
-from tests.helpers.postgres import PostgresServer
+from tests.helpers.postgres import PostgresServer, running_server
 from tests.helpers.processes import GatewayProcess, started_gateways, stripped_env
 
 
@@ -158,19 +157,9 @@ def store(request: pytest.FixtureRequest) -> JournalStore:
 @pytest.fixture
 def private_postgres() -> Iterator[PostgresServer]:
     """A PostgreSQL server of the test's own, which it may stop and start (never the
-    session's).
-
-    Its directory is a temporary one of its own rather than under ``tmp_path``: run as root, the
-    server runs as another user, who must reach the directory each time it starts, and every
-    pytest session that starts meanwhile (another run on the machine) makes pytest's shared
-    temporary root private to root again.
-    """
-    with tempfile.TemporaryDirectory(prefix="gateway-journal-pg-") as root:
-        server = PostgresServer(Path(root) / "postgres").start()
-        try:
-            yield server
-        finally:
-            server.destroy()
+    session's)."""
+    with running_server("gateway-journal-pg-") as server:
+        yield server
 
 
 @pytest.fixture
