@@ -20,6 +20,9 @@ import grpc
 import pytest
 from grpc_status import rpc_status
 
+from service.assembly import build_gateway
+from service.config import from_mapping
+from service.data_dir import JournalError
 from service.engine import FailurePolicy, FieldEvent, FieldState, UpdateOptions
 from service.errors import Code, GatewayError
 from service.instances import Instance
@@ -32,6 +35,7 @@ from service.operations.record import OperationError, OperationRecord, Operation
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.sessions.simulated import SentStanza, SimulatedSession
 from service.settings import Field, Settings
+from tests.helpers.harness import gateway_config
 from tests.helpers.leases import TestLeases, expire, steal, take_lease
 from tests.helpers.operations import (
     _defaults_plus,
@@ -575,3 +579,28 @@ async def test_take_lease_helper_tokens_only_grow(database_url: str) -> None:
     first = await take_lease(database_url, "sales", "a")
     second = await take_lease(database_url, "sales", "b")
     assert second > first
+
+
+# -- start-up ----------------------------------------------------------------------------------
+
+
+async def test_a_database_that_cannot_be_reached_is_one_line_at_start_up() -> None:
+    url = "postgres://gateway:secret-password@127.0.0.1:1/journal"
+    config = from_mapping(gateway_config(database_url=url), env={})
+    gateway = build_gateway(config, ownership=TestLeases(url))
+
+    with pytest.raises(JournalError) as raised:
+        await gateway.start()
+
+    message = str(raised.value)
+    assert message.startswith("journal: database_url: cannot connect")
+    assert message.endswith("(check database_url and that its server is running)")
+    assert "\n" not in message
+    assert "secret-password" not in message
+    await gateway.close()
+
+
+def test_a_database_url_needs_the_leases() -> None:
+    config = from_mapping(gateway_config(database_url="postgres://127.0.0.1:1/x"), env={})
+    with pytest.raises(ValueError, match="ownership"):
+        build_gateway(config)
