@@ -1,5 +1,8 @@
 """``python -m benchmarks``: runs the four benchmarks and prints one table and its command.
 
+``--only journal`` runs a fifth, left out of the default run since it starts a PostgreSQL
+server: the journal's commit cost on PostgreSQL against SQLite (``benchmarks/journal.py``).
+
 ``--quick`` is the smoke size (seconds; the test suite runs it), ``--markdown`` prints the table
 as Markdown (as ``docs/benchmarks.md`` keeps it), ``--json PATH`` also writes every raw figure.
 """
@@ -17,11 +20,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common, footprint, overhead, scaling, stanzas
+from benchmarks import common, footprint, journal, overhead, scaling, stanzas
 from benchmarks.common import Row, machine
 from tools.postgres import PostgresServer
 
 SECTIONS = ("overhead", "stanzas", "scaling", "footprint")
+#: Run only when asked for (``--only``): the journal part starts a PostgreSQL server.
+OPTIONAL = ("journal",)
 HEADERS = ("benchmark", "case", "gateway", "reference", "ratio", "target", "met")
 
 
@@ -56,8 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "footprint": lambda: footprint.run(
                 footprint.Size(counts=(1, 20)) if args.quick else footprint.Size(), workdir
             ),
+            "journal": lambda: journal.run(
+                journal.Size(updates=20, warmup=2) if args.quick else journal.Size(), workdir
+            ),
         }
-        for section in SECTIONS:
+        for section in (*SECTIONS, *OPTIONAL):
             if section in only:
                 print(f"running {section} ...", file=sys.stderr, flush=True)
                 section_rows, section_raw = jobs[section]()
@@ -85,7 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the raw figures")
     parser.add_argument(
-        "--only", action="append", choices=SECTIONS, help="run this part only (repeatable)"
+        "--only",
+        action="append",
+        choices=(*SECTIONS, *OPTIONAL),
+        help="run this part only (repeatable; journal runs only when named)",
     )
     parser.add_argument(
         "--database",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +11,7 @@ from service.cluster.replica import Cluster
 from service.config import GatewayConfig, InstanceConfig
 from service.gateway import Gateway
 from service.instances import Instance, InstanceDirectory
+from service.journal.sqlite import sqlite_journal
 from service.limits import CallLimiter, TransportLimits
 from service.observability import Metrics
 from service.operations import Operations
@@ -24,14 +25,23 @@ from service.settings import Field, Settings
 if TYPE_CHECKING:
     import asyncpg
 
+    from service.cluster.ownership import Ownership
+    from service.journal.protocol import JournalStore
     from service.sessions.whatsapp.devices import Devices
     from service.sessions.whatsapp.ffi import WhatsAppFFI
     from service.sessions.whatsapp.guard import GuardedFFI
     from service.sessions.whatsapp.postgres import WhatsmeowDatabase
 
 
-def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gateway:
-    """The gateway ``config`` describes; ``ffi`` replaces neonize's Go library (tests)."""
+def build_gateway(
+    config: GatewayConfig, ffi: WhatsAppFFI | None = None, *, ownership: Ownership | None = None
+) -> Gateway:
+    """The gateway ``config`` describes; ``ffi`` replaces neonize's Go library (tests).
+
+    With ``database_url`` the gateway is a replica: its journal is PostgreSQL's, its writes
+    fenced by its leases (``ownership`` replaces them with leases held elsewhere: the journal's
+    tests move them by hand); without, one process with SQLite's journal in ``data_dir``.
+    """
     principals = [Principal(Scope.ACCOUNT, a.name, a.name, a.token_sha256) for a in config.accounts]
     principals += [
         Principal(Scope.INSTANCE, i.name, i.account, i.token_sha256)
@@ -41,7 +51,7 @@ def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gate
     blocking = None
     if any(i.session == "whatsapp" for i in config.instances):
         blocking = BlockingCalls(config.stanza_threads)
-    cluster = Cluster(config) if config.database_url is not None else None
+    cluster = Cluster(config, ownership) if config.database_url is not None else None
     if cluster is not None:
         # One name for this replica everywhere (a random one is drawn when none is configured).
         config = config.model_copy(update={"replica_id": cluster.replica_id})
@@ -53,9 +63,8 @@ def build_gateway(config: GatewayConfig, ffi: WhatsAppFFI | None = None) -> Gate
     )
     limiter = RateLimiter(config.rate_limit_per_minute)
     retention = config.journal_retention_days * 86400
-    journal = Path(config.data_dir) / "journal.db"
     metrics = Metrics(instances)
-    operations = Operations(journal, retention, fsync=config.journal_fsync, metrics=metrics)
+    operations = Operations(_journal(config, cluster, metrics), retention, metrics=metrics)
     return Gateway(
         instances,
         TokenRegistry(principals),
@@ -175,6 +184,21 @@ class WhatsAppSessions:
             database=database,
             may_dial=serving,
         )
+
+
+def _journal(
+    config: GatewayConfig, cluster: Cluster | None, metrics: Metrics
+) -> Callable[[], Awaitable[JournalStore]]:
+    """The opener of the journal ``config`` names: SQLite's in ``data_dir``, or, for a replica,
+    PostgreSQL's on the cluster's pool, its writes fenced by the cluster's leases."""
+    if cluster is None:
+        timers = (metrics.commit_on_loop, metrics.commit_on_writer)
+        path = Path(config.data_dir) / "journal.db"
+        return sqlite_journal(path, fsync=config.journal_fsync, commit_timers=timers)
+    from service.journal.postgres import postgres_journal  # noqa: PLC0415 - loads asyncpg
+
+    assert config.database_url is not None
+    return postgres_journal(config.database_url, cluster, pool=cluster.open)
 
 
 def _simulated(

@@ -71,8 +71,14 @@ def _holder(fd: int) -> str:
 class JournalError(Exception):
     """The journal cannot be opened: what the operator must fix, in one line."""
 
-    def __init__(self, path: Path, cause: BaseException) -> None:
+    def __init__(self, path: Path | None, cause: BaseException) -> None:
+        """``path``: the journal's file; None for the database of ``database_url`` (whose URL
+        is never shown: it holds a password)."""
         text = str(cause)
+        if path is None:
+            hint = "check database_url and that its server is running"
+            super().__init__(f"journal: {text} ({hint})")
+            return
         if "locked" in text or "busy" in text:
             hint = "another process holds it: stop it, or give this gateway its own data_dir"
         elif "not a database" in text or "malformed" in text:

@@ -29,7 +29,7 @@ from service.config import from_mapping
 from service.grpc.server import start_server
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from tests.helpers.harness import GatewayFactory, Harness, gateway_config
-from tests.helpers.postgres import PostgresServer
+from tests.helpers.postgres import PostgresServer, running_server
 from tests.helpers.rest_client import Rest, serving
 
 
@@ -102,12 +102,12 @@ async def start_whatsapp(tmp_path: Path) -> AsyncIterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def postgres_server() -> Iterator[PostgresServer]:
     """One real PostgreSQL server on loopback for the whole run (``tests/helpers/postgres.py``),
-    started on first use and stopped at the end."""
-    server = PostgresServer(tmp_path_factory.mktemp("postgres")).start()
-    yield server
-    server.destroy()
+    started on first use and stopped at the end (in a directory of its own: ``running_server``
+    says why not under pytest's)."""
+    with running_server("gateway-postgres-session-") as server:
+        yield server
 
 
 @pytest.fixture

@@ -24,7 +24,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,3 +211,20 @@ class PostgresServer:
         )
         if done.returncode != 0:
             raise RuntimeError(f"{program} failed: {done.stderr.strip() or done.stdout.strip()}")
+
+
+@contextlib.contextmanager
+def running_server(prefix: str = "gateway-postgres-") -> Iterator[PostgresServer]:
+    """A server in a temporary directory of its own, destroyed at the end.
+
+    Not under pytest's ``tmp_path``: run as root, the server runs as another user, who must
+    reach its directory whenever it starts, and each pytest session that starts meanwhile
+    (another run on the same machine) makes pytest's shared temporary root private to root
+    again, so that an ``initdb`` or a restart there fails with "Permission denied".
+    """
+    with tempfile.TemporaryDirectory(prefix=prefix) as root:
+        server = PostgresServer(Path(root) / "postgres").start()
+        try:
+            yield server
+        finally:
+            server.destroy()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -17,13 +18,15 @@ from service.gateway.rules import WireNames
 from service.instances import InstanceDirectory
 from service.limits import CallLimiter, TransportLimits
 from service.observability import Metrics
-from service.operations import Operations
+from service.operations import Operations, OperationState
 from service.ratelimit import RateLimit
 from service.sessions.base import SettingsChange
 from service.sessions.whatsapp.threads import BlockingCalls
 
 if TYPE_CHECKING:
     from service.cluster.replica import Cluster
+
+log = logging.getLogger(__name__)
 
 #: The retry hint of a forwarded call's INSTANCE_UNOWNED: its lease is moving, soon settled.
 UNOWNED_RETRY_SECONDS = 1.0
@@ -141,7 +144,7 @@ class Gateway:
     async def start_sessions(self) -> None:
         """Starts every session's connection in the background (one process); a replica's
         sessions start as it takes their leases (``join``)."""
-        if self.cluster is not None:
+        if self.cluster is not None and self.cluster.external is None:
             return
         for instance in self.instances:
             await instance.session.start()
@@ -164,9 +167,20 @@ class Gateway:
         self.metrics.count_leases(lambda: len(leases.held))
 
     async def _acquired(self, name: str, token: int) -> None:
+        """Marks what the previous owner left running INTERRUPTED (it died or stalled mid
+        update), then connects the session."""
         instance = self.instances.get(name)
-        if instance is not None:
-            await instance.session.start()
+        if instance is None:
+            return
+        try:
+            adopted = await self.operations.adopt(name)
+        except Exception as exc:  # a replay reads a RUNNING record as INTERRUPTED anyway
+            log.warning("%s: its previous owner's updates could not be marked: %s", name, exc)
+        else:
+            if adopted:
+                log.warning("%s: %d update(s) its previous owner left running", name, adopted)
+                self.metrics.update_ended(OperationState.INTERRUPTED, adopted)
+        await instance.session.start()
 
     async def _lost(self, name: str) -> None:
         """No further stanza; the update in flight ends and is journaled while the lease still

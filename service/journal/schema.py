@@ -1,9 +1,10 @@
-"""How an operation is laid out in the journal's SQLite tables, and read back as a record.
+"""How an operation is laid out in the journal's tables, and read back as a record.
 
 One row per operation and one per field outcome. States, policies, fields and error codes are
 stored as their names (``COMPLETED``, ``STOP``, ``last_seen``, ``UNAVAILABLE``), and settings as
 JSON objects of field names to values: the layout every earlier journal file has, so they all
-still read. ``decode`` turns rows into an ``OperationRecord``, the one place that does.
+still read. PostgreSQL's tables (``service.journal.postgres``) have the same columns. ``decode``
+turns rows of either into an ``OperationRecord``, the one place that does.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from service.engine import FailurePolicy, FieldEvent, FieldState
 from service.errors import Code
@@ -77,8 +79,15 @@ def create(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE operations ADD COLUMN error_metadata TEXT")
 
 
-def decode(row: sqlite3.Row, outcomes: Iterable[sqlite3.Row]) -> OperationRecord:
-    """The record of an operation's row and its outcome rows (in position order)."""
+class Row(Protocol):
+    """A row by column name: ``sqlite3.Row``, an asyncpg ``Record``, any mapping."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def decode(row: Row, outcomes: Iterable[Row]) -> OperationRecord:
+    """The record of an operation's row and its outcome rows (in position order), from either
+    database: SQLite's integers for booleans and PostgreSQL's booleans read the same."""
     settings = row["settings"]
     code = row["error_code"]
     metadata = row["error_metadata"]

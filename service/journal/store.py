@@ -21,7 +21,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TypeVar
 
@@ -231,18 +231,31 @@ class Journal:
         )  # fmt: skip
         return self._submit(Rows(schema.FINISH, params), urgent=True)
 
-    def mark_interrupted(self) -> asyncio.Future[int]:
-        """Operations a previous process left RUNNING (it died mid-update): INTERRUPTED."""
+    def mark_interrupted(
+        self, instance: str | None = None, sparing: Collection[str] = ()
+    ) -> asyncio.Future[int]:
+        """Operations a previous process left RUNNING (it died mid-update): INTERRUPTED.
+
+        ``instance``: only that instance's; ``sparing``: not these, which run in this process.
+        """
         ended = time.time()
         error = INTERRUPTED_ERROR
+        where = " WHERE state = ?"
+        scope: tuple[str, ...] = ()
+        if instance is not None:
+            where += " AND instance = ?"
+            scope = (instance,)
+        if sparing:
+            where += f" AND id NOT IN ({', '.join('?' * len(sparing))})"
+            scope += tuple(sparing)
 
         def write(db: sqlite3.Connection) -> int:
             cursor = db.execute(
                 "UPDATE operations SET state = ?, ended_at = ?, error_code = ?, error_reason = ?,"
-                " error_message = ? WHERE state = ?",
+                " error_message = ?" + where,
                 (
                     OperationState.INTERRUPTED.value, ended, error.code.value, error.reason,
-                    error.message, OperationState.RUNNING.value,
+                    error.message, OperationState.RUNNING.value, *scope,
                 ),
             )  # fmt: skip
             return cursor.rowcount

@@ -16,22 +16,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from service.engine import FINAL_STATES, Event, FieldEvent, Plan, Snapshot
+from service.journal import protocol as journal_protocol
 from service.operations.operation import Operation
 from service.operations.record import OperationError, OperationRecord, OperationState
 
 if TYPE_CHECKING:
-    from service.journal import Journal
+    from service.journal.protocol import JournalStore
 
 #: The pauses between a failed write's attempts: three attempts in about half a second (and the
 #: writer thread's own wait for a lock, ``BUSY_PATIENCE_SECONDS``, within each).
 RETRY_PAUSES = (0.1, 0.4)
 
-Write = Callable[[], "asyncio.Future[None]"]
+Write = Callable[[], Awaitable[None]]
 
 
 @dataclass
@@ -56,7 +57,7 @@ class JournalDebt:
 class OperationJournal:
     """Writes an operation's events as they come, each durably before the next stanza."""
 
-    def __init__(self, journal: Journal, operation: Operation) -> None:
+    def __init__(self, journal: JournalStore, operation: Operation) -> None:
         self._journal = journal
         self._operation = operation
         self._outcomes = 0
@@ -85,6 +86,8 @@ class OperationJournal:
         for pause in (*RETRY_PAUSES, None):
             try:
                 await write()
+            except journal_protocol.RequestExists:
+                raise  # not a failure: another replica's operation is this one
             except Exception as exc:
                 if pause is None:
                     self.debt = JournalDebt([write], str(exc))
@@ -105,7 +108,7 @@ class OperationJournal:
         if isinstance(event, FieldEvent):
             position = self._outcomes
             self._outcomes += 1
-            return lambda: journal.record(operation.id, position, event)
+            return lambda: journal.record(operation.instance.name, operation.id, position, event)
         assert isinstance(event, Snapshot)
         error = event.error
         state = OperationState.ended_by(error.code if error is not None else None)
@@ -114,7 +117,9 @@ class OperationJournal:
             if error is not None
             else None
         )
-        return lambda: journal.finish(operation.id, state, event.settings, ending)
+        return lambda: journal.finish(
+            operation.instance.name, operation.id, state, event.settings, ending
+        )
 
 
 def _begun(operation: Operation) -> OperationRecord:

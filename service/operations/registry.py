@@ -16,11 +16,8 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from service import engine, errors
 from service.data_dir import JournalError
@@ -30,13 +27,14 @@ from service.instances import Instance
 
 # The journal's module rather than its names: the journal decodes rows into this package's
 # records, so whichever of the two packages is imported first finds the other part-way through.
-from service.journal import store as journal_store
+from service.journal import protocol as journal_protocol
 from service.operations.journaling import JournalDebt, OperationJournal
 from service.operations.operation import Operation, UpdateRequest
 from service.operations.record import OperationError, OperationRecord, OperationState
 from service.operations.replay import replayed
 
 if TYPE_CHECKING:
+    from service.journal.protocol import JournalStore
     from service.observability import Metrics
 
 log = logging.getLogger(__name__)
@@ -49,22 +47,24 @@ DEBT_RETRY_SECONDS = 1.0
 
 
 class Operations:
-    """Starts, journals, finds and replays operations."""
+    """Starts, journals, finds and replays operations.
+
+    ``open_journal`` opens the journal at start-up (``service.journal.sqlite.sqlite_journal``,
+    ``service.journal.postgres.postgres_journal``); it raises ``JournalError`` when the journal
+    cannot be used, which stops the gateway with one line.
+    """
 
     def __init__(
         self,
-        journal_path: Path,
+        open_journal: Callable[[], Awaitable[JournalStore]],
         retention_seconds: float,
         *,
-        fsync: bool = False,
         metrics: Metrics | None = None,
     ) -> None:
-        self._journal_path = journal_path
+        self._open_journal = open_journal
         #: Counts updates, their stanzas and the journal's commits (None: nothing is counted).
         self._metrics = metrics
-        self._fsync = fsync
-        self._journal: journal_store.Journal | None = None
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="journal-reader")
+        self._journal: JournalStore | None = None
         self._retention = retention_seconds
         self._running: dict[tuple[str, str], Operation] = {}
         self._by_request: dict[tuple[str, str], Operation] = {}
@@ -78,26 +78,41 @@ class Operations:
 
     async def start_up(self) -> None:
         """Opens the journal, marks what a killed predecessor left RUNNING as INTERRUPTED, and
-        starts purging what is past retention."""
-        open_journal = partial(journal_store.Journal, self._journal_path, fsync=self._fsync)
-        try:
-            self._journal = await self._off_loop(open_journal)
-            if self._metrics is not None:
-                self._journal.commit_timers = (
-                    self._metrics.commit_on_loop,
-                    self._metrics.commit_on_writer,
-                )
-            interrupted = await self._journal.mark_interrupted()
-        except (sqlite3.Error, OSError) as exc:
-            raise JournalError(self._journal_path, exc) from exc
-        if interrupted:
-            log.warning("%d update(s) were interrupted by the previous stop", interrupted)
-            if self._metrics is not None:
-                self._metrics.update_ended(OperationState.INTERRUPTED, interrupted)
+        starts purging what is past retention.
+
+        A journal the replicas share marks nothing here: the operations left RUNNING in it may
+        be running on other replicas. Each instance's are marked when this replica takes its
+        lease (``adopt``).
+        """
+        self._journal = journal = await self._open_journal()
+        if not journal.shared:
+            try:
+                interrupted = await journal.mark_interrupted()
+            except (sqlite3.Error, OSError) as exc:
+                await journal.close()
+                raise JournalError(journal.location, exc) from exc
+            self._interrupted(interrupted, "by the previous stop")
         self._upkeep = [
             asyncio.create_task(self._purge_periodically(), name="journal-purge"),
             asyncio.create_task(self._checkpoint_periodically(), name="journal-checkpoint"),
         ]
+
+    async def adopt(self, instance_name: str) -> int:
+        """Marks ``instance_name``'s RUNNING operations INTERRUPTED, those this process runs
+        aside: called once this replica holds the instance's lease, they were its previous
+        owner's, which died or stalled past its lease. Fenced like every write: raises
+        ``StaleLease`` if this replica no longer holds the lease, and ``JournalUnavailable``
+        while the database is gone (the caller tries again). How many were marked."""
+        sparing = [oid for name, oid in self._running if name == instance_name]
+        interrupted = await self.journal.mark_interrupted(instance_name, sparing)
+        self._interrupted(interrupted, f"on instance {instance_name}'s previous owner")
+        return interrupted
+
+    def _interrupted(self, count: int, where: str) -> None:
+        if count:
+            log.warning("%d update(s) were interrupted %s", count, where)
+            if self._metrics is not None:
+                self._metrics.update_ended(OperationState.INTERRUPTED, count)
 
     def halt_running(self, halt: Halt) -> int:
         """Halts every running operation (its stanza in flight finishes); how many there were."""
@@ -132,7 +147,6 @@ class Operations:
                 log.error("journal: instance %s's owed writes are lost (%s)", instance, debt.error)
         if self._journal is not None:
             await self._journal.close()
-        self._reader.shutdown(wait=True)
 
     # -- updates -------------------------------------------------------------------------------
 
@@ -179,12 +193,37 @@ class Operations:
         if running is not None:
             _same_request(running.request, request)
             return running
-        record = await self._read(self.journal.find_request, instance.name, request.request_id)
+        record = await self._read(self.journal.find_request(instance.name, request.request_id))
         if record is None:
             return None
         if record.body_hash != request.fingerprint():
             raise _reused(request.request_id)
         return replayed(instance, record)
+
+    async def _journaled_elsewhere(self, operation: Operation) -> None:
+        """``operation``'s ``request_id`` was journaled by another replica just before its own
+        row could be: it is that operation, found by the path a retry takes (``_existing``).
+        Nothing of ``operation`` was sent or shown, so its callers see the other one's events,
+        under its id."""
+        request, instance = operation.request, operation.instance
+        self._forget(operation)
+        try:
+            existing = await self._existing(instance, request)
+        except GatewayError as refused:  # another request under that request_id
+            operation.end(refused)
+            return
+        if existing is None:  # gone again in between (purged): nothing to follow
+            operation.end(
+                errors.JOURNAL_UNAVAILABLE.error(
+                    detail="the request_id's operation"
+                    " was journaled by another replica and could not be read back"
+                )
+            )
+            return
+        operation.id = existing.id
+        for event in existing.events:
+            operation.publish(event)
+        operation.end(existing.error)
 
     async def _run(self, operation: Operation, deadline: float | None) -> None:
         request = operation.request
@@ -218,24 +257,38 @@ class Operations:
             if journal.begun and journal.usable:
                 ending = OperationError(crash.code, crash.reason, crash.message)
                 with contextlib.suppress(Exception):
-                    await self.journal.finish(operation.id, OperationState.FAILED, None, ending)
+                    await self.journal.finish(
+                        operation.instance.name, operation.id, OperationState.FAILED, None, ending
+                    )
                 if self._metrics is not None and not isinstance(event, Snapshot):
                     self._metrics.update_ended(OperationState.FAILED)
             operation.end(crash)
         finally:
-            self._running.pop((operation.instance.name, operation.id), None)
-            if request.request_id is not None:
-                self._by_request.pop((operation.instance.name, request.request_id), None)
+            self._forget(operation)
             if journal.debt is not None and journal.debt.writes:
                 self._owe(operation.instance.name, journal.debt)
             operation.end()
+
+    def _forget(self, operation: Operation) -> None:
+        """``operation`` no longer runs here (nor is found by its ``request_id``)."""
+        name, request_id = operation.instance.name, operation.request.request_id
+        if self._running.get((name, operation.id)) is operation:
+            del self._running[(name, operation.id)]
+        if request_id is not None and self._by_request.get((name, request_id)) is operation:
+            del self._by_request[(name, request_id)]
 
     async def _journaled(
         self, operation: Operation, journal: OperationJournal, event: Event
     ) -> Event | None:
         """``event`` once the journal holds it, as the caller is to see it; None when the
-        operation cannot even begin (its row could not be written)."""
-        if await journal.write(event):  # once the journal is unusable, each write is owed
+        operation cannot even begin (its row could not be written, or another replica's
+        operation has its ``request_id``)."""
+        try:
+            written = await journal.write(event)
+        except journal_protocol.RequestExists:
+            await self._journaled_elsewhere(operation)
+            return None
+        if written:  # once the journal is unusable, each write is owed
             return event
         assert journal.debt is not None
         if isinstance(event, Plan):
@@ -277,7 +330,7 @@ class Operations:
     # -- reading the journal -------------------------------------------------------------------
 
     async def get(self, instance: Instance, operation_id: str) -> OperationRecord:
-        record = await self._read(self.journal.get, instance.name, operation_id)
+        record = await self._read(self.journal.get(instance.name, operation_id))
         if record is None:
             raise errors.OPERATION_NOT_FOUND.error(
                 instance=instance.name, operation_id=shown(operation_id)
@@ -288,29 +341,33 @@ class Operations:
         self, instance: Instance, page_size: int, page_token: str
     ) -> tuple[list[OperationRecord], str]:
         try:
-            return await self._read(self.journal.list, instance.name, page_size, page_token)
+            return await self._read(self.journal.list(instance.name, page_size, page_token))
         except ValueError as exc:
             raise errors.INVALID_PAGE_TOKEN.error() from exc
 
     # -- internals -----------------------------------------------------------------------------
 
     @property
-    def journal(self) -> journal_store.Journal:
+    def journal(self) -> JournalStore:
         if self._journal is None:
             raise RuntimeError("the operation journal is not open: call start_up() first")
         return self._journal
 
-    async def _read(self, call: Callable[..., T], *args: Any) -> T:
-        return await self._off_loop(call, *args)
-
-    async def _off_loop(self, call: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._reader, call, *args)
+    async def _read(self, read: Awaitable[T]) -> T:
+        """A read's result; a database that is gone is the caller's JOURNAL_UNAVAILABLE."""
+        try:
+            return await read
+        except journal_protocol.JournalUnavailable as exc:
+            raise errors.JOURNAL_UNAVAILABLE.error(
+                retry_after=DEBT_RETRY_SECONDS, detail=shown(str(exc))
+            ) from exc
 
     async def _purge_periodically(self) -> None:
         while True:
             try:
                 purged = await self.journal.purge(time.time() - self._retention)
-            except (sqlite3.Error, OSError) as exc:  # a full disk: next time, then
+            except (sqlite3.Error, OSError, journal_protocol.JournalUnavailable) as exc:
+                # A full disk, a database that is gone: next time, then.
                 log.warning("journal: purge failed: %s", exc)
             else:
                 if purged:
@@ -318,13 +375,14 @@ class Operations:
             await asyncio.sleep(3600)
 
     async def _checkpoint_periodically(self) -> None:
-        """Keeps the journal's write-ahead log short, off the loop (see ``Journal``)."""
+        """Keeps SQLite's write-ahead log short, off the loop (see ``Journal``): the store's
+        ``upkeep``."""
         while True:
             await asyncio.sleep(CHECKPOINT_SECONDS)
             try:
-                await self._off_loop(self.journal.checkpoint)
-            except (sqlite3.Error, OSError) as exc:  # a full disk, a lock: next time, then
-                log.debug("journal: checkpoint failed: %s", exc)
+                await self.journal.upkeep()
+            except (sqlite3.Error, OSError, journal_protocol.JournalUnavailable) as exc:
+                log.debug("journal: checkpoint failed: %s", exc)  # a full disk, a lock: later
 
 
 class _RandomIds:

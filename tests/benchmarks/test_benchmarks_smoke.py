@@ -11,11 +11,12 @@ import json
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from benchmarks import stanzas
+from benchmarks import journal, stanzas
 from benchmarks.__main__ import render
 from benchmarks.common import Row, machine
 from tests.helpers.seed import EXAMPLES
@@ -82,3 +83,16 @@ def test_markdown_table_carries_the_machine_and_the_command() -> None:
     )
     assert lines[-1] == "command: `python -m benchmarks --markdown`"
     assert any(line.startswith("machine: ") for line in lines)
+
+
+@pytest.mark.timeout(120)
+def test_the_journal_part_times_both_stores() -> None:
+    # Not under tmp_path: the PostgreSQL server's user must reach its directory
+    # (tests/helpers/postgres.py, ``running_server``).
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-journal-") as workdir:
+        rows, raw = journal.run(journal.Size(updates=5, warmup=1), Path(workdir))
+
+    assert [r.case for r in rows] == [
+        f"commit p50 / p99, {name}" for name in ("sqlite", "sqlite fsync", "postgres")
+    ]
+    assert all(figures["writes"] == 5 * 7 for figures in raw.values())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -19,7 +18,7 @@ from service.cluster.database import open_pool
 from service.cluster.leases import Leases, LeaseTiming
 from service.cluster.ownership import Peer
 from service.errors import GatewayError
-from tests.helpers.postgres import PostgresServer
+from tests.helpers.postgres import running_server
 
 INSTANCES = [f"acct-{n}" for n in range(12)]
 TIMING = LeaseTiming(ttl=1.2, renew=0.2, settle=0.6)
@@ -171,13 +170,9 @@ async def test_a_stalled_replica_stops_trusting_its_leases_before_they_can_expir
     await eventually(lambda: a.serving == set(), TIMING.renew)
 
 
-async def test_a_replica_cut_off_from_the_database_stops_before_another_may_start(
-    tmp_path: Path,
-) -> None:
-    server = PostgresServer(tmp_path / "pg").start()
-    try:
-        url = server.new_database()
-        pool = await open_pool(url)
+async def test_a_replica_cut_off_from_the_database_stops_before_another_may_start() -> None:
+    with running_server() as server:
+        pool = await open_pool(server.new_database())
         a = Replica("a", pool, time.monotonic)
         await a.leases.start()
         renewed = time.monotonic()
@@ -194,8 +189,6 @@ async def test_a_replica_cut_off_from_the_database_stops_before_another_may_star
         a.crash()
         await a.leases.close(release=False)
         await pool.close()
-    finally:
-        server.destroy()
 
 
 async def test_a_stale_owner_cannot_renew_a_lease_another_replica_took(

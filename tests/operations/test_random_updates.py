@@ -28,6 +28,7 @@ from service.engine import (
 )
 from service.errors import GatewayError
 from service.instances import Instance
+from service.journal.sqlite import sqlite_journal
 from service.operations import Operations, UpdateRequest
 from service.sessions.simulated import SimulatedSession
 from service.settings import Field, Settings
@@ -148,7 +149,7 @@ async def _run_step(operations: Operations, instance: Instance, step: Step) -> N
 
 async def _run_property(account: Settings, steps: list[Step]) -> None:
     with tempfile.TemporaryDirectory() as data_dir:
-        operations = Operations(Path(data_dir) / "journal.db", 86400)
+        operations = Operations(sqlite_journal(Path(data_dir) / "journal.db"), 86400)
         await operations.start_up()
         instance = Instance("sales", "acme", SimulatedSession(account))
         try:

@@ -28,6 +28,7 @@ from service import engine
 from service.engine import UpdateOptions
 from service.grpc.convert import settings_to_proto
 from service.instances import Instance
+from service.journal.sqlite import sqlite_journal
 from service.operations import Operation, Operations, UpdateRequest
 from service.operations.journaling import RETRY_PAUSES
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
@@ -182,7 +183,7 @@ async def test_concurrent_calls_with_one_request_id_run_one_update(
     gateway: Harness = await make_gateway(instances=_latency_instances(300))
     session = gateway.session()
     await gateway.get()
-    journal = gateway.gateway.operations.journal
+    journal = gateway.gateway.operations.journal.sqlite
     real_find = journal.find_request
 
     def slow_find(instance: str, request_id: str) -> Any:
@@ -226,7 +227,7 @@ async def _follow(operation: Operation) -> list[Any]:
 
 async def test_operations_started_together_with_one_request_id_are_one(tmp_path: Path) -> None:
     """The same race without gRPC: two starts with one request_id, before either has run."""
-    operations = Operations(tmp_path / "journal.db", 86400)
+    operations = Operations(sqlite_journal(tmp_path / "journal.db"), 86400)
     await operations.start_up()
     session = SimulatedSession(latency=0.05)
     instance = Instance("sales", "acme", session)
@@ -266,7 +267,7 @@ async def test_a_failed_journal_write_leaves_the_instance_free(
     """A journal that cannot write an operation's row (a full disk, on every retry) refuses that
     update, with nothing sent, and not every later one."""
     session = gateway.session()
-    journal = gateway.gateway.operations.journal
+    journal = gateway.gateway.operations.journal.sqlite
     real_begin = journal.begin
     attempts = []
 
