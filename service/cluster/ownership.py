@@ -33,10 +33,12 @@ CREATE TABLE IF NOT EXISTS gateway_leases (
 
 #: The condition a fenced write adds to its ``WHERE``: ``$1`` is the instance, ``$2`` the token
 #: the writer holds. A token is never reused, so the owner is implied; an expired lease fences
-#: too, so a stalled owner cannot write in the gap before another replica takes over.
+#: too, so a stalled owner cannot write in the gap before another replica takes over. ``FOR
+#: SHARE`` locks the lease row until the write commits: a takeover (an ``UPDATE`` of that row)
+#: waits for it, so no write checked just before a takeover can commit just after it.
 FENCE = (
     "EXISTS (SELECT 1 FROM gateway_leases fence WHERE fence.instance = $1"
-    " AND fence.token = $2 AND fence.expires_at > now())"
+    " AND fence.token = $2 AND fence.expires_at > now() FOR SHARE)"
 )
 
 

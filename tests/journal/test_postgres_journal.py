@@ -21,8 +21,8 @@ import pytest
 from grpc_status import rpc_status
 
 from service.assembly import build_gateway
+from service.cluster import DatabaseError
 from service.config import from_mapping
-from service.data_dir import JournalError
 from service.engine import FailurePolicy, FieldEvent, FieldState, UpdateOptions
 from service.errors import Code, GatewayError
 from service.instances import Instance
@@ -589,18 +589,20 @@ async def test_a_database_that_cannot_be_reached_is_one_line_at_start_up() -> No
     config = from_mapping(gateway_config(database_url=url), env={})
     gateway = build_gateway(config, ownership=TestLeases(url))
 
-    with pytest.raises(JournalError) as raised:
+    # The replica's shared pool is opened first, before the journal: it is the one to refuse.
+    with pytest.raises(DatabaseError) as raised:
         await gateway.start()
 
     message = str(raised.value)
-    assert message.startswith("journal: database_url: cannot connect")
-    assert message.endswith("(check database_url and that its server is running)")
+    assert message.startswith("database_url: cannot connect")
     assert "\n" not in message
     assert "secret-password" not in message
     await gateway.close()
 
 
-def test_a_database_url_needs_the_leases() -> None:
+def test_a_database_url_makes_a_replica_fenced_by_its_own_leases() -> None:
     config = from_mapping(gateway_config(database_url="postgres://127.0.0.1:1/x"), env={})
-    with pytest.raises(ValueError, match="ownership"):
-        build_gateway(config)
+    gateway = build_gateway(config)
+    assert gateway.cluster is not None
+    assert gateway.ownership is gateway.cluster
+    assert gateway.cluster.external is None
