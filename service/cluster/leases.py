@@ -135,6 +135,8 @@ class Leases:
         #: Who held each instance at the last round, and the live replicas then.
         self._owners: dict[str, str] = {}
         self._peers: dict[str, Peer] = {}
+        #: When this replica first saw each instance held by nobody (``_wanted``).
+        self._unheld_since: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._listener: PoolConnectionProxy | None = None
@@ -286,11 +288,7 @@ class Leases:
                 # cluster starting). A replica resumed after a stop is unsettled again, so it
                 # does not pull back what was taken over while it was away.
                 candidates = settled or list(self._peers)
-                wanted = [
-                    name
-                    for name in self._instances
-                    if name not in self._owners and owner_for(name, candidates) == me.replica_id
-                ]
+                wanted = self._wanted(candidates)
                 if wanted:
                     sent = self._clock()
                     taken = await connection.fetch(_ACQUIRE, wanted, me.replica_id, timing.ttl)
@@ -298,6 +296,22 @@ class Leases:
                         await connection.execute(f"NOTIFY {_CHANNEL}")
                     await self._taken(taken, sent)
                 await self._hand_off(connection, settled)
+
+    def _wanted(self, candidates: list[str]) -> list[str]:
+        """The unheld instances this replica should take: those rendezvous hashing gives it,
+        and any left unheld for a whole TTL (the replica it was given to may not serve it: its
+        configuration lacks it, or it is failing), so that every instance is served."""
+        now = self._clock()
+        wanted = []
+        for name in self._instances:
+            if name in self._owners:
+                self._unheld_since.pop(name, None)
+                continue
+            since = self._unheld_since.setdefault(name, now)
+            mine = owner_for(name, candidates) == self.replica_id
+            if mine or now - since >= self._timing.ttl:
+                wanted.append(name)
+        return wanted
 
     async def _renewed(self, rows: Iterable[asyncpg.Record], sent: float) -> None:
         kept = {row["instance"] for row in rows}

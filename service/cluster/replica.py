@@ -17,7 +17,9 @@ from collections.abc import Callable
 import asyncpg
 
 from service import errors
-from service.cluster.database import open_pool
+from service.cluster import DatabaseError
+from service.cluster.database import migrate, open_pool
+from service.cluster.forwarding.marker import Marks
 from service.cluster.leases import Acquired, Leases, LeaseTiming, Lost
 from service.cluster.ownership import Ownership, Peer
 from service.config import GatewayConfig
@@ -26,6 +28,15 @@ log = logging.getLogger(__name__)
 
 #: Instances move to a replica only once it has been alive this many TTLs (see ``LeaseTiming``).
 SETTLE_TTLS = 3
+#: The deployment's secret, which signs the marks replicas put on the calls they forward to
+#: each other: made once, by whichever replica starts first; callers never see it.
+_SECRET_TABLE = """
+CREATE TABLE IF NOT EXISTS gateway_secret (
+    id     SMALLINT PRIMARY KEY CHECK (id = 1),
+    secret BYTEA NOT NULL
+);
+"""
+_MAKE_SECRET = "INSERT INTO gateway_secret (id, secret) VALUES (1, $1) ON CONFLICT DO NOTHING"
 _WILDCARDS = {"0.0.0.0", "::", "[::]", ""}
 
 
@@ -40,17 +51,32 @@ class Cluster:
         self._url = config.database_url
         self._replica_id = config.replica_id or f"{socket.gethostname()}-{secrets.token_hex(3)}"
         self._advertise = (config.advertise_address, config.advertise_http_address)
+        self._listen = (config.listen, config.http_listen or None)
         self._instances = [i.name for i in config.instances]
         ttl = config.lease_ttl_seconds
         self.timing = LeaseTiming(ttl, config.lease_renew_seconds, SETTLE_TTLS * ttl)
         self._pool: asyncpg.Pool | None = None
+        #: Signs and checks the marks of calls between replicas (once the database is open).
+        self.marks: Marks | None = None
         self.leases: Leases | None = None
         self.me: Peer | None = None
 
     async def open(self) -> asyncpg.Pool:
-        """The shared pool, opened on first use; raises ``DatabaseError`` (one line)."""
+        """The shared pool, opened on first use, and the deployment's secret read (made by the
+        first replica to start); raises ``DatabaseError`` (one line)."""
         if self._pool is None:
-            self._pool = await open_pool(self._url)
+            pool = await open_pool(self._url)
+            try:
+                await migrate(pool, _SECRET_TABLE)
+                await pool.execute(_MAKE_SECRET, secrets.token_bytes(32))
+                secret = await pool.fetchval("SELECT secret FROM gateway_secret WHERE id = 1")
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                await pool.close()
+                raise DatabaseError(
+                    f"database_url: cannot create the gateway's tables ({type(exc).__name__})"
+                ) from None
+            self.marks = Marks(bytes(secret), self._replica_id)
+            self._pool = pool
         return self._pool
 
     @property
@@ -95,9 +121,11 @@ class Cluster:
 
     # -- joining and leaving -------------------------------------------------------------------
 
-    def advertised(self, grpc_bound: str, http_bound: str | None) -> Peer:
+    def advertised(self, grpc_bound: str | None = None, http_bound: str | None = None) -> Peer:
         """Where the others reach this replica: the configured addresses, else the bound ones
-        with the host name in place of a wildcard host."""
+        (by default the listen addresses) with the host name in place of a wildcard host."""
+        if grpc_bound is None:
+            grpc_bound, http_bound = self._listen
         grpc_address, http_address = self._advertise
         return Peer(
             self._replica_id,

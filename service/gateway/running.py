@@ -74,10 +74,13 @@ class Gateway:
     #: process serves everything.
     cluster: Cluster | None = None
 
-    async def admit(self, token: str | None, names: WireNames) -> Caller:
-        """The caller holding ``token``, counted against its rate limit; raises the
+    async def admit(self, token: str | None, names: WireNames, *, counted: bool = True) -> Caller:
+        """The caller holding ``token``, counted against its rate limit (unless ``counted`` is
+        False: another replica counted this call, and vouched for it); raises the
         UNAUTHENTICATED or RESOURCE_EXHAUSTED it is refused with."""
         principal = self.tokens.authenticate(token)
+        if not counted:
+            return Caller(self, principal, names)
         try:
             await self.limiter.check(principal.token_sha256)
         except GatewayError:
@@ -121,14 +124,31 @@ class Gateway:
         return Caller(self, principal, names)
 
     @property
+    def mark(self) -> str | None:
+        """The signed mark this replica's forwarded calls carry (None: one process, or a
+        replica whose database is not open yet)."""
+        marks = self.cluster.marks if self.cluster is not None else None
+        return marks.mine if marks is not None else None
+
+    def vouched(self, mark: str | None) -> bool:
+        """Whether ``mark`` is another replica's signed mark (its call was counted there)."""
+        marks = self.cluster.marks if self.cluster is not None else None
+        return marks is not None and marks.genuine(mark)
+
+    @property
     def replica_id(self) -> str:
         """This replica's name; empty when the gateway runs as one process."""
         return "" if self.ownership is None else self.ownership.replica_id
 
     async def start(self) -> None:
-        """Opens the journal, then starts every session's connection in the background."""
+        """Opens the journal, then starts every session's connection in the background; a
+        replica joins the others at its configured addresses (``serve`` joins once its ports
+        are bound, at the addresses they were bound to)."""
         await self.open()
         await self.start_sessions()
+        if self.cluster is not None and self.cluster.external is None:
+            me = self.cluster.advertised()
+            await self.join(me.grpc_address, me.http_address)
 
     async def open(self) -> None:
         """Opens the shared database (replicas) and the journal; raises ``JournalError`` or

@@ -155,11 +155,15 @@ class GuardInterceptor(aio.ServerInterceptor):
                 return admission
             caller = admission
         else:
+            mark = None
             for key, value in context.invocation_metadata() or ():
-                if key == TOKEN_METADATA_KEY:
+                if key == TOKEN_METADATA_KEY and token is None:
                     token = _text(value)
-                    break
-            caller = await self._gateway.admit(token, GRPC)
+                elif key == MARKER:
+                    mark = _text(value)
+            # A ListInstances another replica fans out was counted there, once.
+            vouched = mark is not None and self._gateway.vouched(mark)
+            caller = await self._gateway.admit(token, GRPC, counted=not vouched)
         call.admitted(caller.principal)
         current_caller.set(caller)
         if isinstance(request, Malformed):

@@ -106,7 +106,7 @@ def bind_server(
     """
     owns_forwarder = gateway.ownership is not None and forwarder is None
     if gateway.ownership is not None and forwarder is None:
-        forwarder = GrpcForwarder(gateway.ownership.replica_id)
+        forwarder = GrpcForwarder(gateway.ownership.replica_id, mark=gateway.mark)
     server = aio.server(
         interceptors=[GuardInterceptor(gateway, forwarder)],
         options=[EXCLUSIVE_PORT, *grpc_options(gateway.limits)],

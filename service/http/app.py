@@ -66,7 +66,7 @@ def create_app(
     if metrics:
         app.router.add_get(METRICS_PATH, make_aiohttp_handler(gateway.metrics.registry))
     if gateway.ownership is not None and forwarder is None:
-        made = forwarder = HttpForwarder(gateway.ownership.replica_id)
+        made = forwarder = HttpForwarder(gateway.ownership.replica_id, mark=gateway.mark)
 
         async def close_forwarder(app: web.Application) -> None:
             await made.close()

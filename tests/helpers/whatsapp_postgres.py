@@ -107,7 +107,15 @@ def child_gateway(url: str, data_dir: str, instance: str, at: str) -> None:
 
     async def main() -> None:
         table = {"name": instance, "account": "acme", "session": "whatsapp", "proxy": CLOSED_SOCKS}
-        raw = gateway_config(data_dir=data_dir, database_url=url, instances=[table])
+        # Four replicas, each configured with its own instance: an instance rendezvous hashing
+        # gives to a replica that lacks it is taken by its own after a TTL (short, here).
+        raw = gateway_config(
+            data_dir=data_dir,
+            database_url=url,
+            instances=[table],
+            lease_ttl_seconds=1.5,
+            lease_renew_seconds=0.5,
+        )
         gateway = build_gateway(from_mapping(raw, env={}))
         await asyncio.sleep(max(0.0, float(at) - time.time()))
         await gateway.start()

@@ -104,8 +104,13 @@ class GrpcForwarder:
         replica_id: str,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        *,
+        mark: str | None = None,
     ) -> None:
+        """``mark``: what the calls it forwards carry as ``MARKER`` (the replica's signed mark,
+        ``Marks.mine``; unset: its id, which vouches for nothing)."""
         self.replica_id = replica_id
+        self._mark = mark or replica_id
         self._credentials = credentials
         self._options = tuple(options)
         self._channels: dict[str, aio.Channel] = {}
@@ -133,7 +138,7 @@ class GrpcForwarder:
             for key, value in context.invocation_metadata() or ()
             if key not in HOP_BY_HOP and not key.startswith(("grpc-", ":"))
         )
-        return (*kept, (MARKER, self.replica_id))
+        return (*kept, (MARKER, self._mark))
 
     async def unary(
         self, forward: Forward, method: str, request: Message, context: Context

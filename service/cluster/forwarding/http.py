@@ -83,8 +83,11 @@ class HttpForwarder:
         *,
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
         read_timeout: float = READ_TIMEOUT_SECONDS,
+        mark: str | None = None,
     ) -> None:
+        """``mark``: what the calls it forwards carry as ``MARKER`` (see ``GrpcForwarder``)."""
         self.replica_id = replica_id
+        self._mark = mark or replica_id
         self._ssl = ssl_context
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
@@ -146,7 +149,7 @@ class HttpForwarder:
             lowered = key.lower()
             if lowered not in HOP_BY_HOP and lowered not in named:
                 out.add(key, value)
-        out[MARKER] = self.replica_id
+        out[MARKER] = self._mark
         return out
 
     async def close(self) -> None:
