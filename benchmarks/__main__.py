@@ -1,7 +1,10 @@
 """``python -m benchmarks``: runs the four benchmarks and prints one table and its command.
 
-``--only journal`` runs a fifth, left out of the default run since it starts a PostgreSQL
-server: the journal's commit cost on PostgreSQL against SQLite (``benchmarks/journal.py``).
+Two more run only when named, since they start a PostgreSQL server: ``--only journal``, the
+journal's commit cost on PostgreSQL against SQLite (``benchmarks/journal.py``), and ``--only
+replicas``, a call forwarded by a replica against the same call to the owner
+(``benchmarks/replicas.py``). ``--database postgres`` runs the gateways of every part with
+``database_url`` on a PostgreSQL server of the run's own.
 
 ``--quick`` is the smoke size (seconds; the test suite runs it), ``--markdown`` prints the table
 as Markdown (as ``docs/benchmarks.md`` keeps it), ``--json PATH`` also writes every raw figure.
@@ -20,13 +23,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import common, footprint, journal, overhead, scaling, stanzas
+from benchmarks import common, footprint, journal, overhead, replicas, scaling, stanzas
 from benchmarks.common import Row, machine
 from tools.postgres import PostgresServer
 
 SECTIONS = ("overhead", "stanzas", "scaling", "footprint")
-#: Run only when asked for (``--only``): the journal part starts a PostgreSQL server.
-OPTIONAL = ("journal",)
+#: Run only when asked for (``--only``): they start a PostgreSQL server.
+OPTIONAL = ("journal", "replicas")
 HEADERS = ("benchmark", "case", "gateway", "reference", "ratio", "target", "met")
 
 
@@ -63,6 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             "journal": lambda: journal.run(
                 journal.Size(updates=20, warmup=2) if args.quick else journal.Size(), workdir
+            ),
+            "replicas": lambda: replicas.run(
+                replicas.Size(duration=0.4, warmup=0.1, rounds=2)
+                if args.quick
+                else replicas.Size(),
+                workdir,
             ),
         }
         for section in (*SECTIONS, *OPTIONAL):

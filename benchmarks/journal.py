@@ -33,7 +33,7 @@ from service.operations.record import OperationRecord, OperationState
 from service.sessions.simulated import DEFAULT_SETTINGS
 from service.settings import Settings
 from tests.helpers.leases import TestLeases
-from tests.helpers.postgres import PostgresServer
+from tools.postgres import PostgresServer
 
 SECTION = "5 journal"
 #: Five fields changed, as a five-field update journals them.
