@@ -191,6 +191,7 @@ class GatewayConfig(_Strict):
     journal_retention_days: Annotated[float, Field(gt=0)] = 30.0
     #: Flush every journal commit to the disk (survives power loss; costs a flush per commit).
     #: Without it a commit survives the gateway being killed, not the machine losing power.
+    #: With ``database_url``: PostgreSQL's ``synchronous_commit`` on (off without it).
     journal_fsync: bool = False
     #: neonize's (whatsmeow's) own log level; "debug" hands every node it sends or receives to a
     #: Python callback, which costs time on every stanza.

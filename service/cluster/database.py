@@ -22,8 +22,17 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 STATEMENT_TIMEOUT_SECONDS = 5.0
 
 
-async def open_pool(url: str, *, max_size: int = 10) -> asyncpg.Pool:
-    """A pool of connections to ``url``; raises ``DatabaseError`` if none can be made."""
+async def open_pool(url: str, *, max_size: int = 10, flushed: bool = True) -> asyncpg.Pool:
+    """A pool of connections to ``url``; raises ``DatabaseError`` if none can be made.
+
+    ``flushed=False``: its commits return before the server has flushed them to its disk
+    (``synchronous_commit = off``). They survive the gateway being killed, as the SQLite
+    journal's commits do without ``journal_fsync``, but not the database server crashing
+    (the last fraction of a second may be lost); a commit then costs a round trip, not a
+    disk flush."""
+    settings = {"application_name": "privacy-gateway"}
+    if not flushed:
+        settings["synchronous_commit"] = "off"
     try:
         pool = await asyncpg.create_pool(
             url,
@@ -31,7 +40,7 @@ async def open_pool(url: str, *, max_size: int = 10) -> asyncpg.Pool:
             max_size=max_size,
             timeout=CONNECT_TIMEOUT_SECONDS,
             command_timeout=STATEMENT_TIMEOUT_SECONDS,
-            server_settings={"application_name": "privacy-gateway"},
+            server_settings=settings,
         )
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise DatabaseError(f"database_url: cannot connect ({type(exc).__name__}: {exc})") from None

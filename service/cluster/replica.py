@@ -49,6 +49,8 @@ class Cluster:
         assert config.database_url is not None
         self.external = ownership
         self._url = config.database_url
+        #: ``journal_fsync``: every commit flushed to the server's disk before it returns.
+        self._flushed = config.journal_fsync
         self._replica_id = config.replica_id or f"{socket.gethostname()}-{secrets.token_hex(3)}"
         self._advertise = (config.advertise_address, config.advertise_http_address)
         self._listen = (config.listen, config.http_listen or None)
@@ -65,7 +67,7 @@ class Cluster:
         """The shared pool, opened on first use, and the deployment's secret read (made by the
         first replica to start); raises ``DatabaseError`` (one line)."""
         if self._pool is None:
-            pool = await open_pool(self._url)
+            pool = await open_pool(self._url, flushed=self._flushed)
             try:
                 await migrate(pool, _SECRET_TABLE)
                 await pool.execute(_MAKE_SECRET, secrets.token_bytes(32))
