@@ -25,6 +25,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 from benchmarks.common import ALTERNATING, Row
 from service.cluster.database import open_pool
 from service.engine import FailurePolicy, FieldEvent, FieldState
@@ -64,8 +66,15 @@ async def _run(size: Size, workdir: Path) -> tuple[list[Row], dict[str, Any]]:
         await leases.take("bench")
         # As a replica runs it by default (synchronous_commit off: survives the gateway being
         # killed, as SQLite's default does), and with journal_fsync (a flush per commit).
-        unflushed = postgres_journal(url, leases, pool=partial(open_pool, url, flushed=False))
-        raw["postgres"] = await _timed(await unflushed(), size)
+        pool = await open_pool(url, flushed=False)
+
+        async def shared() -> asyncpg.Pool:
+            return pool
+
+        try:
+            raw["postgres"] = await _timed(await postgres_journal(url, leases, pool=shared)(), size)
+        finally:
+            await pool.close()
         raw["postgres fsync"] = await _timed(await postgres_journal(url, leases)(), size)
     finally:
         server.destroy()

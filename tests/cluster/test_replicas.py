@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import aiohttp
 import grpc
 from grpc import aio
 
@@ -137,6 +138,14 @@ async def test_a_killed_owners_instances_are_served_by_another_replica_within_th
     )
     assert served < TAKEOVER
     assert replaced(whatsapp) == []
+    # What an operator watches: b now serves every instance, having taken each lease once.
+    async with aiohttp.ClientSession() as client, client.get(f"{b.http}/metrics") as scraped:
+        metrics = await scraped.text()
+    assert f"privacy_gateway_leases_held {float(len(INSTANCES))}" in metrics
+    assert f'privacy_gateway_lease_events_total{{event="acquired"}} {float(len(INSTANCES))}' in (
+        metrics
+    )
+    assert f'privacy_gateway_instances{{state="connected"}} {float(len(INSTANCES))}' in metrics
 
 
 async def test_a_stopped_owner_is_taken_over_and_once_resumed_neither_redials_nor_sends(
