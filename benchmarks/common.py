@@ -176,12 +176,16 @@ def server_process(
             lines.put(line)
         lines.put(None)
 
-    threading.Thread(target=drain, name="server-stdout", daemon=True).start()
+    drainer = threading.Thread(target=drain, name="server-stdout", daemon=True)
+    drainer.start()
     try:
         port = _wait_listening(lines, process, log_path, command, timeout)
         yield ServerProcess(process, port, log_path)
     finally:
         _stop(process)
+        drainer.join(timeout=5)  # at the end of the exited process's output
+        if process.stdout is not None:
+            process.stdout.close()
         log_path.unlink(missing_ok=True)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import journal, stanzas
+from benchmarks import journal, replicas, stanzas
 from benchmarks.__main__ import render
 from benchmarks.common import Row, machine
 from tests.helpers.seed import EXAMPLES
@@ -93,6 +93,23 @@ def test_the_journal_part_times_both_stores() -> None:
         rows, raw = journal.run(journal.Size(updates=5, warmup=1), Path(workdir))
 
     assert [r.case for r in rows] == [
-        f"commit p50 / p99, {name}" for name in ("sqlite", "sqlite fsync", "postgres")
+        f"commit p50 / p99, {name}"
+        for name in ("sqlite", "sqlite fsync", "postgres", "postgres fsync")
     ]
     assert all(figures["writes"] == 5 * 7 for figures in raw.values())
+
+
+@pytest.mark.timeout(120)
+def test_the_replicas_part_compares_a_forwarded_call_with_a_direct_one() -> None:
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-replicas-") as workdir:
+        size = replicas.Size(duration=0.4, warmup=0.1, concurrencies=(1,), rounds=2)
+        rows, raw = replicas.run(size, Path(workdir))
+
+    assert [r.case.split(",")[0] for r in rows] == [
+        "StreamUpdatePrivacySettings c=1 p50 ms",
+        "StreamUpdatePrivacySettings c=1 calls/s",
+        "GetPrivacySettings c=1 p50 ms",
+        "GetPrivacySettings c=1 calls/s",
+    ]
+    assert all(figures["rate"] > 0 for figures in raw.values())
+    assert set(raw) == {f"{m}-c1-{w}" for m in ("stream", "get") for w in ("direct", "forwarded")}
