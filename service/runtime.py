@@ -83,6 +83,7 @@ async def serve_until_signalled(
         raise
     await grpc_server.start()
     await gateway.start_sessions()
+    following = asyncio.create_task(_follow_health(gateway, grpc_server), name="health")
     await gateway.join(
         _bound(grpc_address, grpc_server.port),
         _bound(http_address, http_server.port) if http_address and http_server else None,
@@ -104,6 +105,7 @@ async def serve_until_signalled(
             )
         )
     await stop.wait()
+    following.cancel()
     log.info("shutting down: in-flight calls have %.1f s to finish", grace)
     stopping = asyncio.gather(
         grpc_server.stop(grace), *([http_server.stop()] if http_server else [])
@@ -114,6 +116,24 @@ async def serve_until_signalled(
     if metrics_server is not None:
         await metrics_server.stop()
     log.info("stopped")
+
+
+#: How often a replica's gRPC health is brought in line with whether it reaches its database.
+HEALTH_SECONDS = 0.5
+
+
+async def _follow_health(gateway: Gateway, server: RunningServer) -> None:
+    """gRPC health follows ``gateway.healthy()`` (a replica cut off from its database reports
+    NOT_SERVING, so that a load balancer sends its calls elsewhere); nothing for one process."""
+    if gateway.cluster is None:
+        return
+    serving = True
+    while True:
+        await asyncio.sleep(HEALTH_SECONDS)
+        if gateway.healthy() != serving:
+            serving = not serving
+            log.warning("health: %s", "SERVING again" if serving else "NOT_SERVING (database)")
+            await server.serving(serving)
 
 
 def _bound(address: str, port: int | None) -> str:

@@ -66,6 +66,17 @@ def _as_server_user() -> str | None:
     return SERVER_USER
 
 
+def _children(parent: int) -> list[int]:
+    """The processes whose parent is ``parent`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == parent:
+                found.append(int(stat.parent.name))
+    return found
+
+
 def _traversable(path: Path) -> None:
     """Lets every user reach ``path`` (o+x on it and each folder above it)."""
     for folder in (path, *path.parents):
@@ -180,8 +191,15 @@ class PostgresServer:
         self._signal_all(signal.SIGCONT)
 
     def _signal_all(self, signum: int) -> None:
+        """``signum`` to the postmaster and every process it started: each backend calls
+        ``setsid()`` (``InitPostmasterChild``), so a signal to the process group would reach
+        the postmaster alone, and open connections would go on answering."""
         assert self._process is not None
-        os.killpg(self._process.pid, signum)
+        postmaster = self._process.pid
+        targets = [postmaster, *_children(postmaster)]
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT): open sessions are ended, the data stays."""

@@ -141,6 +141,8 @@ class Leases:
         self._wake = asyncio.Event()
         self._listener: PoolConnectionProxy | None = None
         self._closed = False
+        #: ``clock()`` when the last round that reached the database began (None: none yet).
+        self._reached: float | None = None
         #: Serializes rounds and the watchdog's expiries (each may call the callbacks).
         self._lock = asyncio.Lock()
 
@@ -188,6 +190,13 @@ class Leases:
         if self.holds(instance):
             return self.replica_id
         return self._owners.get(instance)
+
+    def reaching(self) -> bool:
+        """Whether this replica reached the database recently enough to trust what it holds:
+        when it cannot, it serves nothing, and its health says so (a load balancer then sends
+        its calls elsewhere)."""
+        reached = self._reached
+        return reached is not None and self._clock() - reached < self._timing.trust
 
     @property
     def held(self) -> list[str]:
@@ -276,6 +285,7 @@ class Leases:
             )
             replicas = await connection.fetch(_STATE, timing.settle)
             holders = await connection.fetch(_HOLDERS)
+            self._reached = sent
             async with self._lock:
                 await self._renewed(renewed, sent)
                 self._peers = {

@@ -117,6 +117,13 @@ class Cluster:
             raise errors.INSTANCE_UNOWNED.error(retry_after=self.timing.renew, instance=instance)
         return await self.leases.lookup(instance)
 
+    def healthy(self) -> bool:
+        """Whether this replica can serve: it reaches the database (or, before it has joined,
+        nothing is asked of it yet)."""
+        if self.external is not None or self.leases is None:
+            return True
+        return self.leases.reaching()
+
     def owner(self, instance: str) -> str | None:
         """The replica serving ``instance`` as last seen (None: nobody, for now)."""
         return self.leases.owner(instance) if self.leases is not None else None

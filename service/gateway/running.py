@@ -123,6 +123,11 @@ class Gateway:
             raise
         return Caller(self, principal, names)
 
+    def healthy(self) -> bool:
+        """What the health checks report: always, for one process; for a replica, whether it
+        reaches the shared database (cut off, it serves nothing and forwards nowhere)."""
+        return self.cluster is None or self.cluster.healthy()
+
     @property
     def mark(self) -> str | None:
         """The signed mark this replica's forwarded calls carry (None: one process, or a

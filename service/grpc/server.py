@@ -60,6 +60,12 @@ class RunningServer:
         for name in (*SERVICE_NAMES, ""):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
+    async def serving(self, serving: bool) -> None:
+        """Reports SERVING or NOT_SERVING (a replica cut off from its database)."""
+        status = health_pb2.HealthCheckResponse
+        for name in (*SERVICE_NAMES, ""):
+            await self.health.set(name, status.SERVING if serving else status.NOT_SERVING)
+
     async def stop(self, grace: float | None) -> None:
         """Stops taking calls; in-flight calls may run for ``grace`` seconds more.
 

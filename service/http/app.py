@@ -79,7 +79,7 @@ def create_app(
     app.router.add_get(f"{PRIVACY_PATH}/operations", counted(api.list_operations))
     app.router.add_get(f"{PRIVACY_PATH}/operations/{{operation_id}}", counted(api.get_operation))
     app.router.add_get("/openapi.json", _openapi)
-    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/healthz", partial(_healthz, gateway))
     return app
 
 
@@ -279,5 +279,8 @@ async def _openapi(request: web.Request) -> web.StreamResponse:
     return web.json_response(openapi_document())
 
 
-async def _healthz(request: web.Request) -> web.StreamResponse:
+async def _healthz(gateway: Gateway, request: web.Request) -> web.StreamResponse:
+    if not gateway.healthy():
+        body = {"status": "unavailable", "time": time.time()}
+        return web.json_response(body, status=503)
     return web.json_response({"status": "ok", "time": time.time()})

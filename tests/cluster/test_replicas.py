@@ -18,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.proto.wagateway.privacy.v1 import instance_service_pb2 as ipb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
@@ -25,6 +26,7 @@ from service.proto.wagateway.privacy.v1 import settings_pb2 as spb
 from service.sessions.simulator.server import Ending, SimulatorServer
 from service.settings import Field
 from tests.helpers.harness import visibility
+from tests.helpers.postgres import running_server
 from tests.helpers.processes import CLI, started_gateways, stripped_env
 from tests.helpers.replicas import (
     INSTANCES,
@@ -272,3 +274,37 @@ async def test_the_rate_limit_is_one_for_the_deployment_exact_under_a_burst(
         grpc.StatusCode.OK: limit - listed,
         grpc.StatusCode.RESOURCE_EXHAUSTED: len(calls) - (limit - listed),
     }
+
+
+async def health(replica: Replica) -> tuple[int, int]:
+    """The replica's gRPC health status and its REST /healthz status code."""
+    stub = health_pb2_grpc.HealthStub(replica.channel)
+    answer = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    async with aiohttp.ClientSession() as client, client.get(f"{replica.http}/healthz") as got:
+        return answer.status, got.status
+
+
+async def test_a_replica_cut_off_from_its_database_says_so_in_its_health_until_it_is_back(
+    tmp_path: Path, whatsapp: SimulatorServer
+) -> None:
+    serving = (health_pb2.HealthCheckResponse.SERVING, 200)
+    cut_off = (health_pb2.HealthCheckResponse.NOT_SERVING, 503)
+    with running_server() as server, started_gateways(tmp_path) as start:
+        async with replica_set(
+            tmp_path, server.new_database(), INSTANCES, start, simulator=whatsapp.address
+        ) as deployment:
+            a = await deployment.start("a")
+            assert await health(a) == serving
+
+            server.pause()  # the database answers nothing; its connections stay open
+            paused = time.monotonic()
+            while await health(a) != cut_off:
+                assert time.monotonic() - paused < TTL_SECONDS + 2, "still SERVING"
+                await asyncio.sleep(0.1)
+            print(f"\nNOT_SERVING {time.monotonic() - paused:.2f} s after the database stopped")
+
+            server.resume()
+            while await health(a) != serving:
+                assert time.monotonic() - paused < 30, "not SERVING again"
+                await asyncio.sleep(0.1)
+            await served_within(a, INSTANCES[0], TAKEOVER)

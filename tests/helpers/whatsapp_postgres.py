@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 from neonize.proto import Neonize_pb2 as npb
 
+from service.sessions.whatsapp.postgres import APPLICATION_PREFIX
 from tests.helpers.neonize_offline import CLOSED_SOCKS, DEVICE_JID, ROOT
 
 #: The device ``insert_device`` makes, as neonize's JID (``DEVICE_JID`` in whatsmeow's form).
@@ -55,11 +56,15 @@ async def query(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
 
 
 async def connections_to(url: str) -> int:
-    """How many connections the server holds to ``url``'s database, not counting this one."""
+    """How many connections neonize's calls hold to ``url``'s database (named by the
+    ``application_name`` each call's DSN carries; the gateway's own pools are not counted:
+    they are bounded by their size)."""
     rows = await query(
         url,
         "SELECT count(*) AS n FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " AND application_name LIKE $1",
+        APPLICATION_PREFIX + "%",
     )
     return int(rows[0]["n"])
 
