@@ -41,11 +41,12 @@ Acquired = Callable[[str, int], Awaitable[None]]
 Lost = Callable[[str], Awaitable[None]]
 
 _HEARTBEAT = """
-INSERT INTO gateway_replicas (replica_id, grpc_address, http_address, expires_at)
-VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+INSERT INTO gateway_replicas (replica_id, grpc_address, http_address, expires_at, instances)
+VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5::text[])
 ON CONFLICT (replica_id) DO UPDATE SET
     grpc_address = EXCLUDED.grpc_address,
     http_address = EXCLUDED.http_address,
+    instances = EXCLUDED.instances,
     -- A replica back after its row expired (a stop, a cut) is new again: it must settle before
     -- instances are handed to it.
     started_at = CASE WHEN gateway_replicas.expires_at <= now() THEN now()
@@ -58,7 +59,7 @@ WHERE owner = $1 AND token = ANY($2::bigint[]) AND expires_at > now()
 RETURNING instance, token
 """
 _STATE = """
-SELECT r.replica_id, r.grpc_address, r.http_address,
+SELECT r.replica_id, r.grpc_address, r.http_address, r.instances,
        r.started_at <= now() - make_interval(secs => $1) AS settled
 FROM gateway_replicas r WHERE r.expires_at > now()
 """
@@ -135,6 +136,8 @@ class Leases:
         #: Who held each instance at the last round, and the live replicas then.
         self._owners: dict[str, str] = {}
         self._peers: dict[str, Peer] = {}
+        #: The instances each live replica's configuration has, as of the last round.
+        self._serves: dict[str, frozenset[str]] = {}
         #: When this replica first saw each instance held by nobody (``_wanted``).
         self._unheld_since: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -233,20 +236,26 @@ class Leases:
             self._events("released", len(held))
         if self._listener is not None:
             with contextlib.suppress(Exception):
-                await self._listener.remove_listener(_CHANNEL, self._released_elsewhere)
-                await self._pool.release(self._listener)
+                listener = self._listener
+                await asyncio.wait_for(
+                    listener.remove_listener(_CHANNEL, self._released_elsewhere), 1.0
+                )
+                await asyncio.wait_for(self._pool.release(listener), 1.0)
         if not release:
             return
         try:
-            async with self._pool.acquire() as connection, connection.transaction():
-                await connection.execute(_RELEASE, held, self.replica_id)
-                await connection.execute(_LEAVE, self.replica_id)
-                await connection.execute(f"NOTIFY {_CHANNEL}")
+            await asyncio.wait_for(self._leave(held), self._timing.renew * 2)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("leases: could not release (they expire on their own): %s", exc)
         else:
             if held:
                 log.info("leases: released %d instance(s) for the other replicas", len(held))
+
+    async def _leave(self, held: list[str]) -> None:
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute(_RELEASE, held, self.replica_id)
+            await connection.execute(_LEAVE, self.replica_id)
+            await connection.execute(f"NOTIFY {_CHANNEL}")
 
     def _released_elsewhere(self, *_: object) -> None:
         self._wake.set()
@@ -261,6 +270,8 @@ class Leases:
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 # The watchdog stops the instances once their leases can no longer be trusted.
                 log.warning("leases: renewal failed: %s", exc)
+            except Exception:  # a fault of ours must not end the renewals for good
+                log.exception("leases: a renewal round failed")
 
     async def _watch(self) -> None:
         """Stops serving each instance whose lease this replica can no longer trust, even while
@@ -278,7 +289,12 @@ class Leases:
         async with self._pool.acquire() as connection:
             sent = self._clock()
             await connection.execute(
-                _HEARTBEAT, me.replica_id, me.grpc_address, me.http_address, timing.ttl
+                _HEARTBEAT,
+                me.replica_id,
+                me.grpc_address,
+                me.http_address,
+                timing.ttl,
+                self._instances,
             )
             renewed = await connection.fetch(
                 _RENEW, me.replica_id, [h.token for h in self._held.values()], timing.ttl
@@ -294,6 +310,7 @@ class Leases:
                 }
                 self._owners = {h["instance"]: h["owner"] for h in holders}
                 settled = [r["replica_id"] for r in replicas if r["settled"]]
+                self._serves = {r["replica_id"]: frozenset(r["instances"]) for r in replicas}
                 # Leases go to settled replicas; to any live one only when none has settled (a
                 # cluster starting). A replica resumed after a stop is unsettled again, so it
                 # does not pull back what was taken over while it was away.
@@ -307,10 +324,15 @@ class Leases:
                     await self._taken(taken, sent)
                 await self._hand_off(connection, settled)
 
+    def _owner_among(self, name: str, replicas: list[str]) -> str | None:
+        """Who of ``replicas`` should own ``name``: rendezvous hashing over those whose
+        configuration has it (replicas need not all have the same instances)."""
+        return owner_for(name, [r for r in replicas if name in self._serves.get(r, ())])
+
     def _wanted(self, candidates: list[str]) -> list[str]:
-        """The unheld instances this replica should take: those rendezvous hashing gives it,
-        and any left unheld for a whole TTL (the replica it was given to may not serve it: its
-        configuration lacks it, or it is failing), so that every instance is served."""
+        """The unheld instances this replica should take: those rendezvous hashing gives it
+        among the replicas that have them, and any left unheld for a whole TTL (the replica it
+        was given to is failing), so that every instance is served."""
         now = self._clock()
         wanted = []
         for name in self._instances:
@@ -318,7 +340,11 @@ class Leases:
                 self._unheld_since.pop(name, None)
                 continue
             since = self._unheld_since.setdefault(name, now)
-            mine = owner_for(name, candidates) == self.replica_id
+            # Among the candidates that have it; failing them, among every live replica.
+            owner = self._owner_among(name, candidates) or self._owner_among(
+                name, list(self._peers)
+            )
+            mine = owner == self.replica_id
             if mine or now - since >= self._timing.ttl:
                 wanted.append(name)
         return wanted
@@ -354,7 +380,8 @@ class Leases:
         leaving = [
             name
             for name in self._held
-            if owner_for(name, settled) != self.replica_id and self._may_hand_off(name)
+            if self._owner_among(name, settled) not in (None, self.replica_id)
+            and self._may_hand_off(name)
         ]
         if not leaving:
             return

@@ -19,6 +19,8 @@ CREATE TABLE IF NOT EXISTS gateway_replicas (
     replica_id   TEXT PRIMARY KEY,
     grpc_address TEXT NOT NULL,
     http_address TEXT,
+    -- The instances its configuration names: an instance goes only to a replica that has it.
+    instances    TEXT[] NOT NULL DEFAULT '{}',
     started_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     expires_at   TIMESTAMPTZ NOT NULL
 );

@@ -9,6 +9,7 @@ stop the instances' sessions: a replica connects a session only while it holds i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import socket
@@ -26,6 +27,8 @@ from service.config import GatewayConfig
 
 log = logging.getLogger(__name__)
 
+#: How long closing the pool may wait for its connections to come back.
+CLOSE_SECONDS = 5.0
 #: Instances move to a replica only once it has been alive this many TTLs (see ``LeaseTiming``).
 SETTLE_TTLS = 3
 #: The deployment's secret, which signs the marks replicas put on the calls they forward to
@@ -181,9 +184,14 @@ class Cluster:
             await self.leases.close(release=True)
 
     async def close(self) -> None:
+        """Closes the pool: gracefully for a few seconds, then by force (a connection still
+        out, or a database that no longer answers, must not hold the shutdown)."""
         if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), CLOSE_SECONDS)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pool.terminate()
 
 
 def _reachable(bound: str) -> str:

@@ -27,15 +27,22 @@ TIMING = LeaseTiming(ttl=1.2, renew=0.2, settle=0.6)
 class Replica:
     """One replica's leases and what it was told: which instances it served, when."""
 
-    def __init__(self, name: str, pool: asyncpg.Pool, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        name: str,
+        pool: asyncpg.Pool,
+        clock: Callable[[], float],
+        instances: list[str] = INSTANCES,
+    ) -> None:
         self.name = name
+        self.acquired = 0
         self.serving: set[str] = set()
         self.tokens: dict[str, list[int]] = {}
         self.lost_at: dict[str, float] = {}
         self.leases = Leases(
             pool,
             Peer(name, f"127.0.0.1:{1000 + len(name)}", None),
-            INSTANCES,
+            instances,
             TIMING,
             on_acquired=self._acquired,
             on_lost=self._lost,
@@ -43,6 +50,7 @@ class Replica:
         )
 
     async def _acquired(self, name: str, token: int) -> None:
+        self.acquired += 1
         self.serving.add(name)
         self.tokens.setdefault(name, []).append(token)
 
@@ -60,9 +68,11 @@ class Replica:
 async def replicas(database_url: str) -> AsyncIterator[Callable[..., asyncio.Future[Replica]]]:
     made: list[tuple[Replica, asyncpg.Pool]] = []
 
-    async def make(name: str, clock: Callable[[], float] = time.monotonic) -> Replica:
+    async def make(
+        name: str, clock: Callable[[], float] = time.monotonic, instances: list[str] = INSTANCES
+    ) -> Replica:
         pool = await open_pool(database_url)
-        replica = Replica(name, pool, clock)
+        replica = Replica(name, pool, clock, instances)
         made.append((replica, pool))
         await replica.leases.start()
         return replica
@@ -217,3 +227,24 @@ async def test_a_stale_owner_cannot_renew_a_lease_another_replica_took(
     with pytest.raises(GatewayError) as refused:
         a.leases.route(instance)  # z is not a live replica: nobody to forward to
     assert refused.value.reason == "INSTANCE_UNOWNED"
+
+
+async def test_replicas_configured_with_different_instances_each_serve_only_their_own(
+    replicas: Callable[..., Replica],
+) -> None:
+    """An instance goes only to a replica whose configuration has it, and once the replicas
+    have settled nothing moves back and forth."""
+    only_a, shared, only_b = INSTANCES[:4], INSTANCES[4:8], INSTANCES[8:]
+    a = await replicas("a", instances=only_a + shared)  # type: ignore[misc]
+    b = await replicas("b", instances=shared + only_b)  # type: ignore[misc]
+    await eventually(lambda: a.serving | b.serving == set(INSTANCES), TIMING.ttl * 3)
+    await asyncio.sleep(TIMING.settle + 4 * TIMING.renew)  # both settled: the spread is final
+    taken = a.acquired + b.acquired
+
+    await asyncio.sleep(6 * TIMING.renew)
+
+    assert set(only_a) <= a.serving
+    assert set(only_b) <= b.serving
+    assert not a.serving & b.serving
+    assert a.serving | b.serving == set(INSTANCES)
+    assert a.acquired + b.acquired == taken, "leases moved back and forth"

@@ -94,7 +94,7 @@ def start_gateway_processes(url: str, root: Path, count: int) -> list[dict[str, 
     ]
     reports = []
     for child in children:
-        out, err = child.communicate(timeout=90)
+        out, err = child.communicate(timeout=60)
         lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         assert child.returncode == 0, f"a replica died: {err[-2000:]}"
         assert lines, f"a replica reported nothing: {err[-2000:]}"
@@ -123,16 +123,24 @@ def child_gateway(url: str, data_dir: str, instance: str, at: str) -> None:
         )
         gateway = build_gateway(from_mapping(raw, env={}))
         await asyncio.sleep(max(0.0, float(at) - time.time()))
-        await gateway.start()
+        began = time.monotonic()
+        await asyncio.wait_for(gateway.start(), 15)
+        started = time.monotonic() - began
         session = next(iter(gateway.instances)).session
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             state = session.status().state
             if state in (SessionState.NOT_PAIRED, SessionState.DISCONNECTED):
                 break
             await asyncio.sleep(0.02)
         status = session.status()
-        await gateway.close()
-        print(json.dumps({"state": status.state.value, "error": status.last_error}), flush=True)
+        settled = time.monotonic() - began
+        await asyncio.wait_for(gateway.close(), 10)
+        report = {
+            "state": status.state.value,
+            "error": status.last_error,
+            "seconds": [round(started, 2), round(settled, 2), round(time.monotonic() - began, 2)],
+        }
+        print(json.dumps(report), flush=True)
 
     asyncio.run(main())
