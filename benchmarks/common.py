@@ -268,3 +268,21 @@ def machine() -> dict[str, str]:
         "load_before": load,
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
     }
+
+
+def drive(
+    server: ServerProcess, mode: str, concurrency: int, warmup: float, duration: float
+) -> dict[str, Any]:
+    """One closed-loop run of ``benchmarks.client`` against ``server``: caller ``i`` on
+    instance ``bench-i``, ``mode`` "stream" (every update changing all seven fields) or "get"."""
+    spec = {
+        "mode": mode,
+        "address": server.address,
+        "token": TOKEN,
+        "instances": [f"bench-{i:02}" for i in range(concurrency)],
+        "concurrency": concurrency,
+        "warmup": warmup,
+        "duration": duration,
+        "server_pid": server.pid,
+    }
+    return run_client(spec)

@@ -21,7 +21,7 @@ from typing import Any
 from benchmarks.common import (
     TOKEN,
     Row,
-    ServerProcess,
+    drive,
     gateway_command,
     module_command,
     run_client,
@@ -74,7 +74,10 @@ def run(size: Size, workdir: Path) -> tuple[list[Row], dict[str, Any]]:
                     for index in range(size.rounds):
                         order = list(servers) if index % 2 == 0 else list(servers)[::-1]
                         for name in order:
-                            report = _drive(servers[name], mode, concurrency, size)
+                            report = drive(
+                                servers[name], mode, concurrency, size.warmup,
+                                size.duration / size.rounds,
+                            )  # fmt: skip
                             rounds[name].append(report)
                     for name, reports in rounds.items():
                         results[f"{mode}-c{concurrency}-{name}"] = _median_report(reports)
@@ -90,20 +93,6 @@ def _median_report(reports: list[dict[str, Any]]) -> dict[str, Any]:
     merged["calls"] = sum(r["calls"] for r in reports)
     merged["rounds"] = reports
     return merged
-
-
-def _drive(server: ServerProcess, mode: str, concurrency: int, size: Size) -> dict[str, Any]:
-    spec = {
-        "mode": mode,
-        "address": server.address,
-        "token": TOKEN,
-        "instances": [f"bench-{i:02}" for i in range(concurrency)],
-        "concurrency": concurrency,
-        "warmup": size.warmup,
-        "duration": size.duration / size.rounds,
-        "server_pid": server.pid,
-    }
-    return run_client(spec)
 
 
 def _rows(results: dict[str, Any], size: Size) -> list[Row]:

@@ -18,11 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
-    TOKEN,
     Row,
-    ServerProcess,
+    drive,
     gateway_command,
-    run_client,
     server_process,
     write_config,
 )
@@ -70,7 +68,11 @@ def run(size: Size, workdir: Path) -> tuple[list[Row], dict[str, Any]]:
                     for index in range(size.rounds):
                         order = list(servers) if index % 2 == 0 else list(servers)[::-1]
                         for name in order:
-                            rounds[name].append(_drive(servers[name], mode, concurrency, size))
+                            report = drive(
+                                servers[name], mode, concurrency, size.warmup,
+                                size.duration / size.rounds,
+                            )  # fmt: skip
+                            rounds[name].append(report)
                     for name, reports in rounds.items():
                         results[f"{mode}-c{concurrency}-{name}"] = {
                             key: statistics.median(r[key] for r in reports)
@@ -79,20 +81,6 @@ def run(size: Size, workdir: Path) -> tuple[list[Row], dict[str, Any]]:
     finally:
         server.destroy()
     return _rows(results, size), results
-
-
-def _drive(server: ServerProcess, mode: str, concurrency: int, size: Size) -> dict[str, Any]:
-    spec = {
-        "mode": mode,
-        "address": server.address,
-        "token": TOKEN,
-        "instances": [f"bench-{i:02}" for i in range(concurrency)],
-        "concurrency": concurrency,
-        "warmup": size.warmup,
-        "duration": size.duration / size.rounds,
-        "server_pid": server.pid,
-    }
-    return run_client(spec)
 
 
 def _rows(results: dict[str, Any], size: Size) -> list[Row]:
