@@ -9,6 +9,7 @@ the channels and HTTP connections on loopback) is the real code.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -101,6 +102,15 @@ class Replica:
             if metric.name == "privacy_gateway_calls":
                 total += sum(s.value for s in metric.samples if s.name.endswith("_total"))
         return total
+
+    async def counted(self, calls: float) -> float:
+        """Waits until this replica has counted ``calls`` calls (2 s at most): a call is counted
+        once its handler has finished, a moment after its caller heard. The count then."""
+        for _ in range(200):
+            if self.all_calls() >= calls:
+                break
+            await asyncio.sleep(0.01)
+        return self.all_calls()
 
     async def stop(self) -> None:
         """Stops serving at once, as a dying replica would: calls in flight are cut, its REST
