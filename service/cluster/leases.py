@@ -104,6 +104,9 @@ class _Held:
     token: int
     #: ``time.monotonic()`` past which this replica no longer trusts the lease.
     trusted_until: float
+    #: Being given up (``_lose``): no new dial or stanza, but the updates still ending write
+    #: their outcomes with its token, and it is renewed until they have.
+    releasing: bool = False
 
 
 class Leases:
@@ -157,7 +160,7 @@ class Leases:
 
     def holds(self, instance: str) -> bool:
         held = self._held.get(instance)
-        return held is not None and self._clock() < held.trusted_until
+        return held is not None and not held.releasing and self._clock() < held.trusted_until
 
     def token(self, instance: str) -> int | None:
         held = self._held.get(instance)
@@ -380,7 +383,8 @@ class Leases:
         leaving = [
             name
             for name in self._held
-            if self._owner_among(name, settled) not in (None, self.replica_id)
+            if self.holds(name)
+            and self._owner_among(name, settled) not in (None, self.replica_id)
             and self._may_hand_off(name)
         ]
         if not leaving:
@@ -394,11 +398,19 @@ class Leases:
         log.info("leases: handed %s to the replicas that now own them", ", ".join(leaving))
 
     async def _lose(self, names: Iterable[str]) -> None:
+        """Stops serving ``names``; each lease is forgotten only once its updates have ended
+        (``on_lost`` waits for them), so that their last writes still carry its token: a lease
+        given back (shutdown, hand-off) is still this replica's until then, and the database's
+        fence refuses those writes anyway where it was not (taken, or expired)."""
         for name in list(names):
-            if self._held.pop(name, None) is None:
+            held = self._held.get(name)
+            if held is None or held.releasing:
                 continue
+            held.releasing = True
             self._owners.pop(name, None)
             try:
                 await self._on_lost(name)
             except Exception:
                 log.exception("leases: stopping %s failed", name)
+            finally:
+                self._held.pop(name, None)

@@ -248,3 +248,22 @@ async def test_replicas_configured_with_different_instances_each_serve_only_thei
     assert not a.serving & b.serving
     assert a.serving | b.serving == set(INSTANCES)
     assert a.acquired + b.acquired == taken, "leases moved back and forth"
+
+
+async def test_a_lease_given_back_still_fences_the_writes_of_the_updates_that_are_ending(
+    replicas: Callable[..., Replica],
+) -> None:
+    """While an instance is being given up (``on_lost`` waits for its updates to end), nothing
+    new may start on it, but its updates' last writes still carry the lease's token."""
+    a = await replicas("a")  # type: ignore[misc]
+    seen: dict[str, tuple[bool, int | None]] = {}
+
+    async def lost(name: str) -> None:
+        seen[name] = (a.leases.holds(name), a.leases.token(name))
+
+    a.leases._on_lost = lost
+    tokens = {i: a.leases.token(i) for i in INSTANCES}
+    await a.leases.close(release=True)
+
+    assert seen == {i: (False, tokens[i]) for i in INSTANCES}
+    assert all(a.leases.token(i) is None for i in INSTANCES)  # forgotten once they ended
