@@ -180,12 +180,8 @@ class GuardInterceptor(aio.ServerInterceptor):
                         assert self._forwarder is not None
                         return await self._forwarder.unary(forward, method, request, context)
                     return await behavior(request, context)
-            except GatewayError as error:
-                call.failed(error)
-                await _abort(context, error)
-            except Relayed as relayed:
-                call.code, call.reason = relayed.code.name, relayed.reason
-                await context.abort(relayed.code, relayed.details, relayed.trailing_metadata)
+            except (GatewayError, Relayed) as answer:
+                await _answer(context, call, answer)
             except BaseException as exc:
                 call.interrupted(exc, _ended_by(exc, context))
                 raise
@@ -211,12 +207,8 @@ class GuardInterceptor(aio.ServerInterceptor):
                         responses = behavior(request, context)
                     async for response in responses:
                         yield response
-            except GatewayError as error:
-                call.failed(error)
-                await _abort(context, error)
-            except Relayed as relayed:
-                call.code, call.reason = relayed.code.name, relayed.reason
-                await context.abort(relayed.code, relayed.details, relayed.trailing_metadata)
+            except (GatewayError, Relayed) as answer:
+                await _answer(context, call, answer)
             except BaseException as exc:
                 call.interrupted(exc, _ended_by(exc, context))
                 raise
@@ -239,6 +231,18 @@ def passthrough(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], by
 
 def _text(value: str | bytes) -> str:
     return value if isinstance(value, str) else value.decode(errors="surrogateescape")
+
+
+async def _answer(
+    context: aio.ServicerContext[Any, Any], call: Call, answer: GatewayError | Relayed
+) -> None:
+    """Ends the call with the gateway's own error, or with the status its owner sent."""
+    if isinstance(answer, Relayed):
+        call.code, call.reason = answer.code.name, answer.reason
+        await context.abort(answer.code, answer.details, answer.trailing_metadata)
+    else:
+        call.failed(answer)
+        await _abort(context, answer)
 
 
 async def _abort(context: aio.ServicerContext[Any, Any], error: GatewayError) -> None:
