@@ -210,6 +210,9 @@ async def test_the_owner_dying_mid_stream_is_owner_unreachable(slow: dict[str, R
     info = error_info(_status(failure))
     assert info.reason == "OWNER_UNREACHABLE"
     assert dict(info.metadata) == {"instance": "sales", "replica": "a"}
+    assert failure.details().startswith(
+        "Instance sales is served by replica a, which could not be reached: "
+    )
 
 
 async def test_an_owner_that_is_gone_is_owner_unreachable(pair: dict[str, Replica]) -> None:
@@ -221,6 +224,10 @@ async def test_an_owner_that_is_gone_is_owner_unreachable(pair: dict[str, Replic
     ))  # fmt: skip
 
     assert failure.code() == grpc.StatusCode.UNAVAILABLE
+    # The detail is the channel's own (its text varies with how the connection failed).
+    assert failure.details().startswith(
+        "Instance sales is served by replica a, which could not be reached: "
+    )
     assert error_info(_status(failure)).reason == "OWNER_UNREACHABLE"
 
 
@@ -236,6 +243,9 @@ async def test_a_marked_call_is_never_forwarded_again(pair: dict[str, Replica]) 
     ))  # fmt: skip
 
     assert failure.code() == grpc.StatusCode.UNAVAILABLE
+    assert failure.details() == (
+        "No replica serves instance sales right now: its lease is moving to another replica"
+    )
     assert error_info(_status(failure)).reason == "INSTANCE_UNOWNED"
     assert a.all_calls() == seen
     # The mark bypasses nothing: a marked call to the owner is admitted as any other.

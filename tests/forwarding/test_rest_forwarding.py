@@ -102,7 +102,12 @@ async def test_a_marked_call_is_not_forwarded_again(
     )
 
     assert status == 503
-    assert body["error"] == {"message": body["error"]["message"], "reason": "INSTANCE_UNOWNED"}
+    assert body["error"] == {
+        "message": (
+            "No replica serves instance sales right now: its lease is moving to another replica"
+        ),
+        "reason": "INSTANCE_UNOWNED",
+    }
     assert a.all_calls() == seen
 
 
