@@ -286,3 +286,22 @@ def drive(
         "server_pid": server.pid,
     }
     return run_client(spec)
+
+
+def take_turns(
+    servers: Mapping[str, ServerProcess],
+    mode: str,
+    concurrency: int,
+    *,
+    rounds: int,
+    warmup: float,
+    duration: float,
+) -> dict[str, list[dict[str, Any]]]:
+    """``rounds`` runs of ``drive`` against each server, taking turns (a, b, then b, a...), so
+    that a machine whose speed drifts during the run favours none of them; each one's reports."""
+    reports: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+    for index in range(rounds):
+        order = list(servers) if index % 2 == 0 else list(servers)[::-1]
+        for name in order:
+            reports[name].append(drive(servers[name], mode, concurrency, warmup, duration))
+    return reports

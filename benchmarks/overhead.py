@@ -21,11 +21,11 @@ from typing import Any
 from benchmarks.common import (
     TOKEN,
     Row,
-    drive,
     gateway_command,
     module_command,
     run_client,
     server_process,
+    take_turns,
     write_config,
 )
 
@@ -70,15 +70,10 @@ def run(size: Size, workdir: Path) -> tuple[list[Row], dict[str, Any]]:
             servers = {"gateway": gateway, "bare": bare}
             for mode in ("stream", "get"):
                 for concurrency in size.concurrencies:
-                    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
-                    for index in range(size.rounds):
-                        order = list(servers) if index % 2 == 0 else list(servers)[::-1]
-                        for name in order:
-                            report = drive(
-                                servers[name], mode, concurrency, size.warmup,
-                                size.duration / size.rounds,
-                            )  # fmt: skip
-                            rounds[name].append(report)
+                    rounds = take_turns(
+                        servers, mode, concurrency, rounds=size.rounds, warmup=size.warmup,
+                        duration=size.duration / size.rounds,
+                    )  # fmt: skip
                     for name, reports in rounds.items():
                         results[f"{mode}-c{concurrency}-{name}"] = _median_report(reports)
     return _rows(results, size), results

@@ -19,9 +19,9 @@ from typing import Any
 
 from benchmarks.common import (
     Row,
-    drive,
     gateway_command,
     server_process,
+    take_turns,
     write_config,
 )
 from tools.postgres import PostgresServer
@@ -64,15 +64,10 @@ def run(size: Size, workdir: Path) -> tuple[list[Row], dict[str, Any]]:
             servers = {"direct": owner, "forwarded": forwarder}
             for mode in ("stream", "get"):
                 for concurrency in size.concurrencies:
-                    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
-                    for index in range(size.rounds):
-                        order = list(servers) if index % 2 == 0 else list(servers)[::-1]
-                        for name in order:
-                            report = drive(
-                                servers[name], mode, concurrency, size.warmup,
-                                size.duration / size.rounds,
-                            )  # fmt: skip
-                            rounds[name].append(report)
+                    rounds = take_turns(
+                        servers, mode, concurrency, rounds=size.rounds, warmup=size.warmup,
+                        duration=size.duration / size.rounds,
+                    )  # fmt: skip
                     for name, reports in rounds.items():
                         results[f"{mode}-c{concurrency}-{name}"] = {
                             key: statistics.median(r[key] for r in reports)
