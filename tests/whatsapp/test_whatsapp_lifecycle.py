@@ -13,6 +13,7 @@ gateway learns of them from whatsmeow's log lines instead.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import grpc
@@ -248,3 +249,24 @@ async def test_a_store_that_lost_its_device_is_not_paired(start_whatsapp: StartW
 
     await wa2.wait_state("wa", NOT_PAIRED)
     await no_new_dial(ffi, ffi.connects)
+
+
+@pytest.mark.parametrize("level", ["warn", "error"])
+async def test_a_quiet_whatsapp_log_level_still_sees_the_session_taken_over(
+    start_whatsapp: StartWhatsApp, level: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """StreamReplaced and ClientOutdated reach the gateway only as whatsmeow's log lines, the
+    first at info (connectionevents.go:50, Infof): whatsmeow runs at info at least, and
+    ``whatsapp_log_level`` filters only what is logged."""
+    ffi = linked()
+    wa = await start_whatsapp(
+        ffi, "wa", reconnect_initial_seconds=0.05, reconnect_max_seconds=0.1,
+        whatsapp_log_level=level,
+    )  # fmt: skip
+    await wa.wait_state("wa", CONNECTED)
+    caplog.set_level(logging.DEBUG, logger="whatsmeow")
+
+    ffi.replace("wa")
+
+    await wa.wait_state("wa", REPLACED)
+    assert not [r for r in caplog.records if r.name.startswith("whatsmeow") and r.levelno < 30]

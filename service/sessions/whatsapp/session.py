@@ -62,6 +62,13 @@ Probe = Callable[[str | None], Awaitable[str]]
 #: without a new failure means a ping was answered.
 KEEPALIVE_QUIET = 45.0
 _GO_LOG_LEVELS = {"WARN": logging.WARNING, "ERROR": logging.ERROR, "INFO": logging.INFO}
+#: ``whatsapp_log_level``'s names as Python levels: what of whatsmeow's lines is logged.
+_CONFIGURED_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
 #: whatsmeow log lines that stand for the events neonize cannot forward (``ffi.EVENT_CODES``).
 _REPLACED_LOG = "Got replaced stream error"  # connectionevents.go:50 (Infof)
 _OUTDATED_LOG = "Client outdated (405) connect failure"  # connectionevents.go:140 (Errorf)
@@ -109,7 +116,10 @@ class WhatsAppOptions:
     #: The longest the gateway waits for one stanza's answer before calling it unconfirmed
     #: (whatsmeow's own wait is 75 s, and 5 s more plus a resend after a drop: request.go).
     stanza_timeout: float = 30.0
-    #: whatsmeow's log level (``debug`` sends every node through a Python callback).
+    #: Which of whatsmeow's lines are logged (``debug`` sends every node through a Python
+    #: callback). whatsmeow itself never runs quieter than ``info``: the gateway reads its
+    #: StreamReplaced and ClientOutdated lines (Infof and Errorf, connectionevents.go:50, 140),
+    #: which neonize cannot forward as events, so ``warn`` and ``error`` only filter the log.
     log_level: str = "info"
     #: The longest a re-read after a lost answer may take: a new connection and one fetch.
     confirm_timeout: float = 15.0
@@ -445,7 +455,7 @@ class WhatsAppSession:
             call, store = self._database.new_call()
         dial = Dial(
             session_id, store, jid.SerializePartialToString() if named and jid else b"",
-            self._proxy, self._options.log_level,
+            self._proxy, "debug" if self._options.log_level == "debug" else "info",
             new_device=pairing is not None or (is_postgres(store) and not named),
         )  # fmt: skip
         self._link = Link(self._ffi, self._blocking_calls, dial, self._on_link)
@@ -601,7 +611,9 @@ class WhatsAppSession:
     def _on_log(self, link: Link, entry: bytes) -> None:
         message = npb.LogEntry.FromString(entry)
         level = _GO_LOG_LEVELS.get(message.Level, logging.DEBUG)
-        logging.getLogger(f"whatsmeow.{message.Name}").log(level, "%s", message.Message[:2000])
+        if level >= _CONFIGURED_LEVELS.get(self._options.log_level, logging.INFO):
+            logger = logging.getLogger(f"whatsmeow.{message.Name}")
+            logger.log(level, "%s", message.Message[:2000])
         text = message.Message
         if text.startswith(_REPLACED_LOG):
             self._set_state(
