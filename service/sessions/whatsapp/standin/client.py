@@ -179,8 +179,15 @@ class Client:
             self.reconnect_later(reconnect_after)
 
     def reconnect_later(self, delay: float) -> None:
+        """whatsmeow's ``autoReconnect`` (client.go:623-656). It runs on the client's
+        ``BackgroundEventCtx`` (client.go:289, 498), which neonize's stop signal never reaches
+        (main.go:593-595): only the expected-disconnect flag a ``Disconnect`` sets ends it
+        (client.go:631-633, 643-645). ``Stop`` calls that ``Disconnect`` first (main.go:589-590).
+        """
+
         def again() -> None:
-            if self.stopped.wait(delay) or self.expected_disconnect:
+            self.runtime.exiting.wait(delay)  # the sleep; only the stand-in's shutdown ends it
+            if self.expected_disconnect or self.runtime.exiting.is_set():
                 return
             self._login()
 
@@ -265,6 +272,9 @@ class Client:
         if fault.kind == "status":
             raise WhatsAppError(f"info query returned status {fault.status}: {fault.text}")
         if fault.kind == "timeout":
+            # A Stop's Disconnect clears the response waiters (client.go:705, unlockedDisconnect
+            # -> clearResponseWaiters), which ends the wait with request.go:199-202's error; the
+            # stop signal is set right after that Disconnect (main.go:589-595).
             if self.stopped.wait(self.timing.iq_timeout) or self.expected_disconnect:
                 raise WhatsAppError("websocket disconnected before info query returned response")
             raise WhatsAppError("info query timed out")  # request.go:180-181
