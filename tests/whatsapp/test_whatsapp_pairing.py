@@ -22,6 +22,7 @@ from neonize.proto import Neonize_pb2 as npb
 
 from service.proto.wagateway.privacy.v1 import instance_service_pb2 as instance_pb
 from service.sessions.whatsapp.devices import DeviceBook
+from service.sessions.whatsapp.pairing import phone_error
 from service.sessions.whatsapp.standin import Fault, StandInFFI, Timing
 from tests.helpers.rich_status import error_info
 from tests.helpers.whatsapp_harness import (
@@ -316,3 +317,69 @@ def wa_store(wa: WaGateway) -> Path:
     instance = wa.gateway.instances.get("wa")
     assert instance is not None
     return Path(instance.session._store)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("fault", "code", "reason", "details"),
+    [
+        (
+            Fault("timeout", category="link_code"),
+            grpc.StatusCode.UNAVAILABLE,
+            "PAIRING_UNAVAILABLE",
+            "Pairing failed: pairing by phone failed: info query timed out",
+        ),
+        (
+            Fault("status", category="link_code", status=429, text="rate-overlimit"),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "PAIRING_RATE_LIMITED",
+            "Pairing failed: WhatsApp's rate limit: info query returned status 429: rate-overlimit",
+        ),
+        (
+            Fault("status", category="link_code", status=400, text="bad-request"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "PAIRING_REFUSED",
+            "Pairing failed: pairing by phone failed: info query returned status 400: bad-request",
+        ),
+    ],
+)
+async def test_a_phone_code_whatsapp_does_not_give_ends_the_pairing_with_its_cause(
+    start_whatsapp: StartWhatsApp,
+    fault: Fault,
+    code: grpc.StatusCode,
+    reason: str,
+    details: str,
+) -> None:
+    """PairPhone's link-code IQ (pair-code.go:92-143) lost or refused: PairInstance ends at once
+    with the cause, not at its deadline."""
+    ffi = StandInFFI(timing=Timing(latency=0.0, qr_lifetimes=(5.0, 5.0), iq_timeout=0.3))
+    ffi.arrange("wa", fault)
+    wa = await start_whatsapp(ffi, "wa")
+
+    started = time.monotonic()
+    _, error = await drain(wa.pair("wa", phone=PHONE))
+
+    assert error is not None
+    status = rpc_status.from_call(error)
+    assert status is not None
+    assert (error.code(), error_info(status).reason) == (code, reason)
+    assert error.details() == details
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        # whatsmeow's own checks (errors.go:28-29), which the gateway's phone check normally
+        # makes unreachable: still the caller's number.
+        ("phone number too short", "PHONE_REJECTED"),
+        ("international phone number required (must not start with 0)", "PHONE_REJECTED"),
+        # The connection, not the number (errors.go:22, request.go:199-202).
+        ("websocket not connected", "PAIRING_UNAVAILABLE"),
+        ("websocket disconnected before info query returned response", "PAIRING_UNAVAILABLE"),
+        ("info query returned status 503: service-unavailable", "PAIRING_UNAVAILABLE"),
+    ],
+)
+def test_every_pair_phone_error_is_the_callers_number_or_whatsapps_side(
+    text: str, reason: str
+) -> None:
+    assert phone_error(text).reason == reason

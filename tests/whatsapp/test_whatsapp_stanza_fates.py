@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -268,16 +269,23 @@ async def test_whatsapps_rate_limit_is_resource_exhausted_with_a_retry_hint(
     assert retry.retry_delay.seconds >= 1
 
 
-async def test_whatsapps_server_errors_are_unavailable(start_whatsapp: StartWhatsApp) -> None:
+@pytest.mark.parametrize(
+    ("code", "text"),
+    # errors.go:186-198 names 500 and 503; any 5xx is WhatsApp's server side.
+    [(500, "internal-server-error"), (503, "service-unavailable"), (530, "")],
+)
+async def test_whatsapps_server_errors_are_unavailable(
+    start_whatsapp: StartWhatsApp, code: int, text: str
+) -> None:
     ffi = linked()
     wa = await started(start_whatsapp, ffi)
-    ffi.arrange("wa", Fault("status", category="last", status=503, text="service-unavailable"))
+    ffi.arrange("wa", Fault("status", category="last", status=code, text=text))
 
     error = await rpc_error(wa.update("wa", last_seen="none"))
 
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert error.details() == (
-        "failed to update lastSeen privacy: info query returned status 503: service-unavailable"
+        f"failed to update lastSeen privacy: info query returned status {code}: {text}"
     )
     assert ffi.device("wa").raw_settings["last"] == "all", "nothing changed on WhatsApp"
     status = rpc_status.from_call(error)
@@ -320,8 +328,8 @@ async def test_one_field_whatsapp_reports_outside_the_table_leaves_the_others_kn
     start_whatsapp: StartWhatsApp,
 ) -> None:
     ffi = linked()
-    # whatsmeow allows groupadd "none" (types/user.go:144); neonize cannot encode it and it
-    # reads as UNDEFINED (goneonize/utils/encoder.go:474-505).
+    # whatsmeow allows groupadd "none" (types/user.go:144) and neonize encodes it as NONE
+    # (goneonize/utils/encoder.go:489-490), but group_add has no "none" in the field table.
     ffi.device("wa").raw_settings["groupadd"] = "none"
     wa = await start_whatsapp(ffi, "wa")
     await wa.wait_state("wa", CONNECTED)

@@ -41,10 +41,10 @@ def settings_from_neonize(message: Any) -> Settings:
 
     A field is unknown when it is UNDEFINED (whatsmeow answers an empty struct when it could not
     fetch the settings, privacysettings.go:47-58) or holds a value outside the field table:
-    neonize encodes any value it does not map (``contact_allowlist``, ``on_standard``, ``off``,
-    or ``none`` for groupadd, which whatsmeow's types/user.go:144 allows) as 0, which Python
-    reads as UNDEFINED (goneonize/utils/encoder.go:474-505). One such field leaves the others
-    known.
+    neonize encodes any value it does not map (``contact_allowlist``, ``on_standard``, ``off``)
+    as 0, which Python reads as UNDEFINED (goneonize/utils/encoder.go:474-493), and it maps
+    ``none`` for every field (489-490), also for groupadd, which whatsmeow's types/user.go:144
+    allows but the gateway's table does not. One such field leaves the others known.
     """
     values: dict[Field, str] = {}
     for spec, name in _NAMES:
