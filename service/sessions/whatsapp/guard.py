@@ -135,8 +135,9 @@ class MapGuard:
 
 #: How long a registration may go without a sign of progress before the guard stops holding
 #: other instances' stanzas back. neonize writes its maps before it dials (main.go:613-654: the
-#: store open, the device query, ``clients[uuid] = client``), all local work for a SQLite store;
-#: what takes longer is the dial itself. Past this the registration keeps a reader's place (its
+#: store open, the device query, ``clients[uuid] = client``), all local work for a SQLite store
+#: (one another process holds a lock on is never handed to neonize: ``sqlite_store``); what
+#: takes longer is the dial itself. Past this the registration keeps a reader's place (its
 #: last map reads, main.go:2529-2530 and 2504, come once the dial is done, unannounced), so other
 #: registrations and stops still wait for it, but stanzas go on.
 REGISTRATION_PATIENCE = 3.0

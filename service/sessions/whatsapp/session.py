@@ -50,6 +50,7 @@ from service.sessions.whatsapp.ffi import Dial, WhatsAppFFI
 from service.sessions.whatsapp.link import Link, Phase
 from service.sessions.whatsapp.pairing import Pairing
 from service.sessions.whatsapp.postgres import StoreUnavailable, WhatsmeowDatabase
+from service.sessions.whatsapp.sqlite_store import store_problem
 from service.sessions.whatsapp.threads import BlockingCalls
 from service.settings import Field, Settings
 
@@ -271,7 +272,7 @@ class WhatsAppSession:
         """QR codes (or one pairing code for ``phone``) until the device is linked."""
         state = self._status.state
         linked = self._status.jid or state in SENDING_STATES or state is SessionState.REPLACED
-        if linked or self._has_device():
+        if linked or await self._has_device():
             # A store that holds the device is not paired again (a second device would be made
             # beside it, and GetFirstDevice would go on loading the old one).
             paired_as = self._status.jid or "a linked account"
@@ -387,7 +388,8 @@ class WhatsAppSession:
         return self._options.backoff.next(delay)
 
     async def _check_store(self) -> str:
-        """For a PostgreSQL store: the shared book's row read again, whatsmeow's schema made
+        """For a SQLite store: no lock another process holds (``sqlite_store``). For a
+        PostgreSQL store: the shared book's row read again, whatsmeow's schema made
         current (once, one replica at a time), and this instance's device looked for in
         ``whatsmeow_device``. A recorded device the store no longer holds (deleted, or logged
         out from another replica) is forgotten: dialling its JID would abort the process, and
@@ -395,7 +397,7 @@ class WhatsAppSession:
         from being used, or ""."""
         database = self._database
         if database is None:
-            return ""
+            return await self._blocking_calls.run(store_problem, self._store)
         try:
             await self._devices.refresh(self.name)
             await database.ready()
@@ -425,7 +427,7 @@ class WhatsAppSession:
         """Waits (and says so) while there is nothing to dial: no device, an operator's turn,
         or a ban that has not expired."""
         keep = (SessionState.NOT_PAIRED, SessionState.LOGGED_OUT, SessionState.CLIENT_OUTDATED)
-        has_device = self._has_device()
+        has_device = await self._has_device()
         if self._status.state not in keep and not has_device:
             # Never dialled: a store without this instance's device would show QR codes.
             self._set_state(SessionState.NOT_PAIRED)
@@ -463,10 +465,11 @@ class WhatsAppSession:
         self._link.store_call = call
         return self._link
 
-    def _has_device(self) -> bool:
+    async def _has_device(self) -> bool:
         if is_postgres(self._store):
             return self._devices.jid(self.name) is not None
-        return _sqlite_has_device(self._store)
+        # Off the loop: the store is a file another process may hold a lock on.
+        return await self._blocking_calls.run(_sqlite_has_device, self._store)
 
     async def _wait(self, delay: float | None = None, *, for_pairing: bool = False) -> None:
         """Waits to be woken (a pairing, a close), or ``delay``; a pairing cuts a backoff short."""
