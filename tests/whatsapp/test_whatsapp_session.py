@@ -28,6 +28,7 @@ from service.sessions.whatsapp.link import Link, Phase
 from service.sessions.whatsapp.session import WhatsAppSession
 from service.sessions.whatsapp.standin import Fault, StandInFFI, Timing
 from service.settings import Field, Settings, by_category
+from tests.helpers.neonize_offline import wait_until
 from tests.helpers.whatsapp_harness import (
     CONNECTED,
     DISCONNECTED,
@@ -506,6 +507,10 @@ async def test_pairing_while_whatsapp_is_unreachable_is_unavailable_at_once(
     assert wa.ffi.connects == 1
     after = await wa.instance("wa")
     assert (after.state, after.last_error) == (DISCONNECTED, dial_error)
+    # The failed call's entries in neonize's maps are deleted (only Stop does, main.go:586-605).
+    maps = wa.ffi.maps
+    await wait_until(lambda: not maps.clients, 2, "the failed call's client deleted")
+    assert (maps.clients, maps.stop_signals, maps.event_channels) == ({}, {}, {})
 
 
 async def test_the_supervisor_retries_a_failing_dial_with_capped_backoff(

@@ -141,6 +141,15 @@ class Link:
         elif kind == "returned":
             self.result = data
             self.phase = Phase.RETURNED
+            if not self._stopping:
+                # Returned on its own (a failed dial, a store that would not open): neonize left
+                # its client, stop signal and event channel in its maps (main.go:613-654), and
+                # only Stop deletes them (586-605). Nothing reads them for this id any more.
+                self._stopping = True
+                stopping = asyncio.ensure_future(
+                    self._blocking.run(self._ffi.stop, self.session_id)
+                )
+                stopping.add_done_callback(_log_failure)
             _settle(self.finished)
         elif kind != "log":
             self._enter(Phase.LIVE)  # events come from CallbackFunction only
