@@ -306,3 +306,25 @@ async def test_a_ban_is_listed_with_its_expiry_by_list_instances_and_the_cli(
     retry = datetime.fromtimestamp(shown.retry_time.seconds, tz=UTC).astimezone()
     assert row.split()[3] == "BANNED"
     assert row.endswith(f"{shown.last_error} (next attempt {retry:%Y-%m-%d %H:%M:%S})")
+
+
+async def test_a_session_closed_then_started_again_connects_again(
+    start_whatsapp: StartWhatsApp,
+) -> None:
+    """A replica that loses an instance's lease closes its session, and starts it again when
+    it takes the lease back (``service.gateway.running``): the session must dial anew."""
+    ffi = linked()
+    wa = await connected(start_whatsapp, ffi)
+    instance = wa.gateway.instances.get("wa")
+    assert instance is not None
+    session = instance.session
+    connects = ffi.connects
+
+    await session.close()
+    await no_new_dial(ffi, connects, during=0.3)
+    await session.start()
+
+    await wa.wait_state("wa", CONNECTED)
+    assert ffi.connects == connects + 1
+    response = await wa.update("wa", last_seen="none")
+    assert response.settings.visibility.last_seen

@@ -239,7 +239,11 @@ class WhatsAppSession:
         return self._cache.get(field)
 
     async def start(self) -> None:
+        """Connects in the background; after ``close`` (a replica's lease lost, then taken
+        again), again."""
         if self._supervisor is None:
+            self._closing = False
+            self._wake.clear()
             if self._database is not None:
                 self._database.join()
             self._supervisor = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
@@ -265,6 +269,7 @@ class WhatsAppSession:
             if link is not None and link.store_call is not None and link.finished.done():
                 await self._database.release(link.store_call)
             await self._database.leave()
+        self._supervisor = None
 
     # -- pairing -----------------------------------------------------------------------------
 
