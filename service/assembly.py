@@ -171,6 +171,7 @@ class WhatsAppSessions:
             ),
             stanza_timeout=self._config.stanza_timeout_seconds,
             log_level=self._config.whatsapp_log_level,
+            replaced_redial=(self._config.lease_ttl_seconds if self._config.database_url else None),
         )
         return WhatsAppSession(
             instance.name,

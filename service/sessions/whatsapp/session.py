@@ -124,6 +124,12 @@ class WhatsAppOptions:
     log_level: str = "info"
     #: The longest a re-read after a lost answer may take: a new connection and one fetch.
     confirm_timeout: float = 15.0
+    #: On replicas (the lease TTL): a session taken over while this replica holds its lease is
+    #: dialled once more after this long, once per time the lease is taken. The other client
+    #: may be the instance's previous replica, resumed after a stall: whatsmeow reconnects from
+    #: inside Go (client.go:623-656, keepalive.go:48-50), which no lease can gate, and that
+    #: replica's watchdog stops it at once. A second takeover waits for an operator.
+    replaced_redial: float | None = None
 
 
 class WhatsAppSession:
@@ -174,6 +180,7 @@ class WhatsAppSession:
         self._recycle = False
         self._keepalive_check: asyncio.TimerHandle | None = None
         self._closing = False
+        self._redialled_after_replace = False
 
     # -- the Session interface ---------------------------------------------------------------
 
@@ -242,7 +249,10 @@ class WhatsAppSession:
         """Connects in the background; after ``close`` (a replica's lease lost, then taken
         again), again."""
         if self._supervisor is None:
+            if self._closing:  # what it showed before it closed is over
+                self._set_state(SessionState.CONNECTING)
             self._closing = False
+            self._redialled_after_replace = False
             self._wake.clear()
             if self._database is not None:
                 self._database.join()
@@ -439,6 +449,12 @@ class WhatsAppSession:
         elif self._status.state is SessionState.NOT_PAIRED and has_device:
             self._set_state(SessionState.CONNECTING)  # paired meanwhile (by another path)
         state = self._status.state
+        if state is SessionState.REPLACED and self._status.retry_at is not None:
+            until = self._status.retry_at - time.time()
+            if until > 0:
+                await self._wait(until)
+                return True
+            return False
         if state in _WAITING:
             await self._wait()
             return True
@@ -613,6 +629,22 @@ class WhatsAppSession:
         )
         link.stop()  # whatsmeow does not reconnect after it (connectionevents.go:106-111)
 
+    def _replaced(self) -> None:
+        delay = self._options.replaced_redial
+        if delay is not None and not self._redialled_after_replace and self._may_dial():
+            self._redialled_after_replace = True
+            self._set_state(
+                SessionState.REPLACED,
+                "another client connected with this session (perhaps this instance's previous "
+                "replica): dialling once more",
+                retry_at=time.time() + delay,
+            )
+            return
+        self._set_state(
+            SessionState.REPLACED,
+            "another client connected with this session: stop it, then restart the gateway",
+        )
+
     def _on_privacy_settings(self, link: Link, payload: bytes) -> None:
         self._spawn(self._refresh(link, ChangeSource.PHONE))
 
@@ -624,10 +656,7 @@ class WhatsAppSession:
             logger.log(level, "%s", message.Message[:2000])
         text = message.Message
         if text.startswith(_REPLACED_LOG):
-            self._set_state(
-                SessionState.REPLACED,
-                "another client connected with this session: stop it, then restart the gateway",
-            )
+            self._replaced()
             link.stop()
         elif text.startswith(_OUTDATED_LOG):
             self._set_state(
