@@ -16,6 +16,8 @@ from service import errors
 from service.engine import FailurePolicy
 from service.errors import Violation, shown
 
+#: What a caller's token travels under, on both edges: gRPC's metadata key, REST's header.
+TOKEN_KEY = "token"
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 #: A page size as text: ASCII digits only (no sign, no ``²``). With more digits than this (bar
