@@ -54,7 +54,7 @@ _PRIVACY = "/wagateway.privacy.v1.PrivacyService/"
 _INSTANCES = "/wagateway.privacy.v1.InstanceService/"
 #: The methods served by the instance's owner: a replica that does not own it relays them.
 #: Operations are read from the shared journal by any replica; ListInstances spans owners
-#: (``InstanceServicer`` asks each).
+#: (``Caller.list_instances`` asks each).
 FORWARDED = frozenset(
     {
         _PRIVACY + "GetPrivacySettings",
