@@ -8,6 +8,7 @@ Edges keep only parsing their wire and rendering the answer.
 """
 
 from service.gateway.caller import Caller, Page
+from service.gateway.listing import AskPeer, ListedInstance
 from service.gateway.rules import GRPC, REST, WireNames
 from service.gateway.running import Forward, Gateway
 from service.gateway.updates import UpdateHandle, UpdateInput
@@ -15,9 +16,11 @@ from service.gateway.updates import UpdateHandle, UpdateInput
 __all__ = [
     "GRPC",
     "REST",
+    "AskPeer",
     "Caller",
     "Forward",
     "Gateway",
+    "ListedInstance",
     "Page",
     "UpdateHandle",
     "UpdateInput",

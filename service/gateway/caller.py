@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from service import engine, errors
 from service.auth import Principal
 from service.engine import UpdateOptions
-from service.gateway import rules
+from service.gateway import listing, rules
+from service.gateway.listing import AskPeer, ListedInstance, V
 from service.gateway.rules import WireNames
 from service.gateway.updates import UpdateHandle, UpdateInput
 from service.instances import Instance
@@ -60,6 +61,25 @@ class Caller:
     def instances(self) -> list[Instance]:
         """The instances this caller may see, in configuration order."""
         return self._gateway.instances.visible_to(self.principal)
+
+    async def list_instances(
+        self,
+        ask: AskPeer[V] | None = None,
+        *,
+        marked: bool = False,
+        time_remaining: float | None = None,
+    ) -> list[ListedInstance[V]]:
+        """The instances this caller may see, each with who serves it and, on replicas, as its
+        owner shows it (``listing.across_replicas``: ``ask`` reaches a peer, ``marked`` says
+        the listing was forwarded, ``time_remaining`` is what is left of the caller's
+        deadline)."""
+        return await listing.across_replicas(
+            self._gateway.ownership,
+            self.instances(),
+            ask,
+            marked=marked,
+            time_remaining=time_remaining,
+        )
 
     def pair(self, name: str, phone: str | None) -> AsyncIterator[PairEvent]:
         """Links a WhatsApp account to ``name``: QR codes, or a pairing code for ``phone``."""

@@ -16,9 +16,14 @@ from service import errors
 from service.engine import FailurePolicy
 from service.errors import Violation, shown
 
+#: What a caller's token travels under, on both edges: gRPC's metadata key, REST's header.
+TOKEN_KEY = "token"
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
-_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,9}")
+#: A page size as text: ASCII digits only (no sign, no ``²``). With more digits than this (bar
+#: leading zeros) it is over 100 whatever they read, so they are not parsed.
+_DIGITS = re.compile(r"[0-9]+")
+_PARSED_DIGITS = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +73,13 @@ def failure_policy(name: str | None, names: WireNames) -> FailurePolicy:
 
 
 def page_size(value: int | str | None, names: WireNames) -> int:
-    """One rule for both edges (AIP-158): none or 0 is 20, over 100 is 100, negative or not a
-    whole number is a mistake."""
+    """One rule for both edges (AIP-158): none or 0 is 20, over 100 is 100, however large;
+    negative or not a whole number is a mistake. Text (REST's query) is digits only."""
     if isinstance(value, str):
-        if not _WHOLE_NUMBER.fullmatch(value):
+        if not _DIGITS.fullmatch(value):
             raise _bad_page_size(value, names)
-        value = int(value)
+        digits = value.lstrip("0")
+        value = int(digits or "0") if len(digits) <= _PARSED_DIGITS else MAX_PAGE_SIZE
     if value is None or value == 0:
         return DEFAULT_PAGE_SIZE
     if value < 0:

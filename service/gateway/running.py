@@ -74,18 +74,17 @@ class Gateway:
     #: process serves everything.
     cluster: Cluster | None = None
 
-    async def admit(self, token: str | None, names: WireNames, *, counted: bool = True) -> Caller:
-        """The caller holding ``token``, counted against its rate limit (unless ``counted`` is
-        False: another replica counted this call, and vouched for it); raises the
-        UNAUTHENTICATED or RESOURCE_EXHAUSTED it is refused with."""
+    async def admit(
+        self, token: str | None, names: WireNames, *, mark: str | None = None
+    ) -> Caller:
+        """The caller holding ``token``, counted against its rate limit unless the call
+        carries another replica's signed ``mark`` (a ListInstances it fans out: counted there,
+        once, and vouched for); raises the UNAUTHENTICATED or RESOURCE_EXHAUSTED it is refused
+        with."""
         principal = self.tokens.authenticate(token)
-        if not counted:
+        if mark is not None and self.vouched(mark):
             return Caller(self, principal, names)
-        try:
-            await self.limiter.check(principal.token_sha256)
-        except GatewayError:
-            self.metrics.rate_limited()
-            raise
+        await self._count(principal)
         return Caller(self, principal, names)
 
     async def admit_to(
@@ -116,12 +115,17 @@ class Gateway:
                     instance=instance, retry_after=UNOWNED_RETRY_SECONDS
                 )
             return Forward(peer, instance, principal)
+        await self._count(principal)
+        return Caller(self, principal, names)
+
+    async def _count(self, principal: Principal) -> None:
+        """Counts a call against ``principal``'s rate limit; raises (and counts in the metrics)
+        RATE_LIMITED once it is spent."""
         try:
             await self.limiter.check(principal.token_sha256)
         except GatewayError:
             self.metrics.rate_limited()
             raise
-        return Caller(self, principal, names)
 
     def healthy(self) -> bool:
         """What the health checks report: always, for one process; for a replica, whether it

@@ -41,12 +41,12 @@ from service.cluster.forwarding.marker import MARKER
 from service.errors import GatewayError
 from service.gateway import GRPC, Forward, Gateway
 from service.gateway.caller import Caller
+from service.gateway.rules import TOKEN_KEY
 from service.grpc.status import to_status
 from service.observability import calls
 from service.observability.calls import Call
 
 GUARDED_PREFIX = "/wagateway."
-TOKEN_METADATA_KEY = "token"
 
 current_caller: ContextVar[Caller] = ContextVar("current_caller")
 
@@ -54,7 +54,7 @@ _PRIVACY = "/wagateway.privacy.v1.PrivacyService/"
 _INSTANCES = "/wagateway.privacy.v1.InstanceService/"
 #: The methods served by the instance's owner: a replica that does not own it relays them.
 #: Operations are read from the shared journal by any replica; ListInstances spans owners
-#: (``InstanceServicer`` asks each).
+#: (``Caller.list_instances`` asks each).
 FORWARDED = frozenset(
     {
         _PRIVACY + "GetPrivacySettings",
@@ -145,7 +145,7 @@ class GuardInterceptor(aio.ServerInterceptor):
         if forwarded and not isinstance(request, Malformed):
             marked = False
             for key, value in context.invocation_metadata() or ():
-                if key == TOKEN_METADATA_KEY and token is None:
+                if key == TOKEN_KEY and token is None:
                     token = _text(value)
                 elif key == MARKER:
                     marked = True
@@ -157,13 +157,11 @@ class GuardInterceptor(aio.ServerInterceptor):
         else:
             mark = None
             for key, value in context.invocation_metadata() or ():
-                if key == TOKEN_METADATA_KEY and token is None:
+                if key == TOKEN_KEY and token is None:
                     token = _text(value)
                 elif key == MARKER:
                     mark = _text(value)
-            # A ListInstances another replica fans out was counted there, once.
-            vouched = mark is not None and self._gateway.vouched(mark)
-            caller = await self._gateway.admit(token, GRPC, counted=not vouched)
+            caller = await self._gateway.admit(token, GRPC, mark=mark)
         call.admitted(caller.principal)
         current_caller.set(caller)
         if isinstance(request, Malformed):

@@ -9,7 +9,7 @@ from typing import Any
 from grpc import aio
 
 from service.engine import Snapshot
-from service.gateway import Gateway, UpdateInput
+from service.gateway import GRPC, Gateway, UpdateInput
 from service.grpc import convert
 from service.grpc.interceptors import current_caller
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
@@ -18,7 +18,6 @@ from service.settings import Settings
 
 Context = aio.ServicerContext[Any, Any]
 UpdateMessage = pb.UpdatePrivacySettingsRequest | pb.StreamUpdatePrivacySettingsRequest
-_POLICY_PREFIX = "FAILURE_POLICY_"
 
 
 class PrivacyServicer(pb_grpc.PrivacyServiceServicer):
@@ -98,6 +97,6 @@ def _policy_name(number: int) -> str | None:
     if number == pb.FAILURE_POLICY_UNSPECIFIED:
         return None
     try:
-        return pb.FailurePolicy.Name(number).removeprefix(_POLICY_PREFIX)  # type: ignore[arg-type]
+        return pb.FailurePolicy.Name(number).removeprefix(GRPC.policy_prefix)  # type: ignore[arg-type]
     except ValueError:
         return str(number)

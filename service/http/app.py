@@ -32,6 +32,7 @@ from service.cluster.forwarding.marker import MARKER
 from service.engine import Event, Snapshot
 from service.errors import GatewayError, shown
 from service.gateway import REST, Caller, Forward, Gateway, UpdateHandle, UpdateInput
+from service.gateway.rules import TOKEN_KEY
 from service.http import body as request_body
 from service.http import responses
 from service.http.body import MAX_BODY_BYTES
@@ -137,14 +138,14 @@ class PrivacyApi:
         return web.json_response(body)
 
     async def _admit(self, request: web.Request) -> Caller:
-        caller = await self._gateway.admit(request.headers.get("token"), REST)
+        caller = await self._gateway.admit(request.headers.get(TOKEN_KEY), REST)
         request[PRINCIPAL] = caller.principal
         return caller
 
     async def _admit_to(self, request: web.Request) -> Caller | Forward:
         """Admission for a call its instance's owner serves (``Gateway.admit_to``)."""
         admission = await self._gateway.admit_to(
-            request.headers.get("token"),
+            request.headers.get(TOKEN_KEY),
             REST,
             _instance(request),
             marked=MARKER in request.headers,

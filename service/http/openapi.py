@@ -291,7 +291,11 @@ def openapi_document() -> dict[str, Any]:
                         {
                             "name": "pageSize",
                             "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                            "description": (
+                                "How many operations a page holds: 0 or none is 20, and any"
+                                " number over 100 is 100. Digits only."
+                            ),
+                            "schema": {"type": "integer", "minimum": 0},
                         },
                         {"name": "pageToken", "in": "query", "schema": {"type": "string"}},
                     ],

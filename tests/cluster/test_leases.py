@@ -9,79 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import asyncpg
 import pytest
 
 from service.cluster.database import open_pool
-from service.cluster.leases import Leases, LeaseTiming
-from service.cluster.ownership import Peer
 from service.errors import GatewayError
+from tests.helpers.lease_replicas import INSTANCES, TIMING, MakeReplica, Replica
 from tests.helpers.postgres import running_server
-
-INSTANCES = [f"acct-{n}" for n in range(12)]
-TIMING = LeaseTiming(ttl=1.2, renew=0.2, settle=0.6)
-
-
-class Replica:
-    """One replica's leases and what it was told: which instances it served, when."""
-
-    def __init__(
-        self,
-        name: str,
-        pool: asyncpg.Pool,
-        clock: Callable[[], float],
-        instances: list[str] = INSTANCES,
-    ) -> None:
-        self.name = name
-        self.acquired = 0
-        self.serving: set[str] = set()
-        self.tokens: dict[str, list[int]] = {}
-        self.lost_at: dict[str, float] = {}
-        self.leases = Leases(
-            pool,
-            Peer(name, f"127.0.0.1:{1000 + len(name)}", None),
-            instances,
-            TIMING,
-            on_acquired=self._acquired,
-            on_lost=self._lost,
-            clock=clock,
-        )
-
-    async def _acquired(self, name: str, token: int) -> None:
-        self.acquired += 1
-        self.serving.add(name)
-        self.tokens.setdefault(name, []).append(token)
-
-    async def _lost(self, name: str) -> None:
-        self.serving.discard(name)
-        self.lost_at[name] = time.monotonic()
-
-    def crash(self) -> None:
-        """Stops renewing at once, releasing nothing (a SIGKILL, as the database sees it)."""
-        for task in self.leases._tasks:
-            task.cancel()
-
-
-@pytest.fixture
-async def replicas(database_url: str) -> AsyncIterator[Callable[..., asyncio.Future[Replica]]]:
-    made: list[tuple[Replica, asyncpg.Pool]] = []
-
-    async def make(
-        name: str, clock: Callable[[], float] = time.monotonic, instances: list[str] = INSTANCES
-    ) -> Replica:
-        pool = await open_pool(database_url)
-        replica = Replica(name, pool, clock, instances)
-        made.append((replica, pool))
-        await replica.leases.start()
-        return replica
-
-    yield make  # type: ignore[misc]
-    for replica, pool in made:
-        replica.crash()
-        await replica.leases.close(release=False)
-        await pool.close()
 
 
 async def eventually(check: Callable[[], bool], within: float) -> float:
@@ -98,19 +34,19 @@ def held_by(*replicas: Replica) -> dict[str, list[str]]:
     return {i: [r.name for r in replicas if r.leases.holds(i)] for i in INSTANCES}
 
 
-async def test_a_lone_replica_serves_every_instance(replicas: Callable[..., Replica]) -> None:
-    a = await replicas("a")  # type: ignore[misc]
+async def test_a_lone_replica_serves_every_instance(lease_replicas: MakeReplica) -> None:
+    a = await lease_replicas("a")
 
     assert a.serving == set(INSTANCES)
     assert all(a.leases.route(i) is None for i in INSTANCES)
 
 
 async def test_every_instance_has_exactly_one_owner_while_replicas_join(
-    replicas: Callable[..., Replica],
+    lease_replicas: MakeReplica,
 ) -> None:
-    a = await replicas("a")  # type: ignore[misc]
-    b = await replicas("b")  # type: ignore[misc]
-    c = await replicas("c")  # type: ignore[misc]
+    a = await lease_replicas("a")
+    b = await lease_replicas("b")
+    c = await lease_replicas("c")
     deadline = time.monotonic() + TIMING.settle + 6 * TIMING.renew + 1.0
     shares: set[tuple[int, int, int]] = set()
     while time.monotonic() < deadline:
@@ -133,10 +69,10 @@ async def test_every_instance_has_exactly_one_owner_while_replicas_join(
 
 
 async def test_a_dead_replicas_instances_are_taken_over_after_the_ttl(
-    replicas: Callable[..., Replica],
+    lease_replicas: MakeReplica,
 ) -> None:
-    a = await replicas("a")  # type: ignore[misc]
-    b = await replicas("b")  # type: ignore[misc]
+    a = await lease_replicas("a")
+    b = await lease_replicas("b")
     first_tokens = {i: a.tokens[i][-1] for i in INSTANCES}
 
     a.crash()
@@ -152,9 +88,9 @@ async def test_a_dead_replicas_instances_are_taken_over_after_the_ttl(
     assert all(b.tokens[i][-1] > first_tokens[i] for i in INSTANCES), "tokens only grow"
 
 
-async def test_a_released_lease_is_taken_at_once(replicas: Callable[..., Replica]) -> None:
-    a = await replicas("a")  # type: ignore[misc]
-    b = await replicas("b")  # type: ignore[misc]
+async def test_a_released_lease_is_taken_at_once(lease_replicas: MakeReplica) -> None:
+    a = await lease_replicas("a")
+    b = await lease_replicas("b")
 
     await a.leases.close(release=True)
     took = await eventually(lambda: b.serving == set(INSTANCES), TIMING.ttl)
@@ -165,12 +101,12 @@ async def test_a_released_lease_is_taken_at_once(replicas: Callable[..., Replica
 
 
 async def test_a_stalled_replica_stops_trusting_its_leases_before_they_can_expire(
-    replicas: Callable[..., Replica],
+    lease_replicas: MakeReplica,
 ) -> None:
     """A replica resumed after a stop longer than its trust must refuse at once: ``holds`` is
     checked against its own clock, before any task of its own has had a chance to run."""
     offset = 0.0
-    a = await replicas("a", clock=lambda: time.monotonic() + offset)  # type: ignore[misc]
+    a = await lease_replicas("a", clock=lambda: time.monotonic() + offset)
     assert a.leases.holds(INSTANCES[0])
 
     offset = TIMING.trust  # as if the process had been stopped that long
@@ -202,9 +138,9 @@ async def test_a_replica_cut_off_from_the_database_stops_before_another_may_star
 
 
 async def test_a_stale_owner_cannot_renew_a_lease_another_replica_took(
-    replicas: Callable[..., Replica], database_url: str
+    lease_replicas: MakeReplica, database_url: str
 ) -> None:
-    a = await replicas("a")  # type: ignore[misc]
+    a = await lease_replicas("a")
     instance = INSTANCES[0]
     stale = a.tokens[instance][-1]
     connection = await asyncpg.connect(database_url)
@@ -230,13 +166,13 @@ async def test_a_stale_owner_cannot_renew_a_lease_another_replica_took(
 
 
 async def test_replicas_configured_with_different_instances_each_serve_only_their_own(
-    replicas: Callable[..., Replica],
+    lease_replicas: MakeReplica,
 ) -> None:
     """An instance goes only to a replica whose configuration has it, and once the replicas
     have settled nothing moves back and forth."""
     only_a, shared, only_b = INSTANCES[:4], INSTANCES[4:8], INSTANCES[8:]
-    a = await replicas("a", instances=only_a + shared)  # type: ignore[misc]
-    b = await replicas("b", instances=shared + only_b)  # type: ignore[misc]
+    a = await lease_replicas("a", instances=only_a + shared)
+    b = await lease_replicas("b", instances=shared + only_b)
     await eventually(lambda: a.serving | b.serving == set(INSTANCES), TIMING.ttl * 3)
     await asyncio.sleep(TIMING.settle + 4 * TIMING.renew)  # both settled: the spread is final
     taken = a.acquired + b.acquired
@@ -251,11 +187,11 @@ async def test_replicas_configured_with_different_instances_each_serve_only_thei
 
 
 async def test_a_lease_given_back_still_fences_the_writes_of_the_updates_that_are_ending(
-    replicas: Callable[..., Replica],
+    lease_replicas: MakeReplica,
 ) -> None:
     """While an instance is being given up (``on_lost`` waits for its updates to end), nothing
     new may start on it, but its updates' last writes still carry the lease's token."""
-    a = await replicas("a")  # type: ignore[misc]
+    a = await lease_replicas("a")
     seen: dict[str, tuple[bool, int | None]] = {}
 
     async def lost(name: str) -> None:

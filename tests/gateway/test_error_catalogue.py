@@ -142,9 +142,9 @@ def test_every_reason_in_the_catalogue_is_raised_somewhere() -> None:
 
 
 def test_the_tables_are_what_the_generator_writes() -> None:
-    """``python tools/error_tables.py`` after a catalogue change keeps every table current."""
+    """``python -m tools.error_tables`` after a catalogue change keeps every table current."""
     from tools import error_tables
 
     stale = [p for p, text in error_tables.updated().items() if p.read_text() != text]
 
-    assert stale == [], "run: python tools/error_tables.py"
+    assert stale == [], "run: python -m tools.error_tables"

@@ -243,6 +243,25 @@ async def test_too_many_calls_at_once_is_the_same_answer(make_gateway: GatewayFa
     assert reply.headers["Retry-After"] == "1"
 
 
+async def test_a_huge_page_size_is_no_mistake_on_either_edge(gateway: Harness, rest: Rest) -> None:
+    """Not a row of the table, since neither edge refuses it: a page size of 10 digits (or, on
+    REST, too many to parse) is over 100, so 100, and both edges list the same page."""
+    for value in (spb.VISIBILITY_VALUE_NONE, spb.VISIBILITY_VALUE_CONTACTS):
+        await gateway.update(visibility(last_seen=value))
+
+    page = await _list(page_size=2**31 - 1)(gateway)
+    replies = [
+        await rest.get("sales", tail=f"/operations?pageSize={size}")
+        for size in ("2147483647", "9" * 3000)
+    ]
+
+    assert len(page.operations) == 2
+    for reply in replies:
+        assert reply.status == 200
+        assert [o["id"] for o in reply.body["operations"]] == [o.id for o in page.operations]
+        assert reply.body["nextPageToken"] == page.next_page_token == ""
+
+
 def test_every_reason_both_edges_share_has_a_row_here_or_is_an_updates_end() -> None:
     """The table covers what a caller can get wrong on both edges; the rest of the shared
     reasons are how an update ends (WhatsApp's answers, halts), which no caller mistake makes."""

@@ -35,9 +35,23 @@ TIMEOUT = 10.0
 RECONNECT_INITIAL = 0.1
 RECONNECT_MAX = 0.4
 INSTANCES = ("sales", "support", "other")
+#: The ``gated`` session's backoff between dials (and between askings of its gate).
+GATED_RECONNECT_INITIAL, GATED_RECONNECT_MAX = 0.05, 0.2
 #: The ``on_simulator`` fixture: starts a gateway on the simulator (``replica``, ``connected``,
 #: configuration overrides).
 OnSimulator = Callable[..., Awaitable[Harness]]
+
+
+class Gate:
+    """What the lease code will pass: a yes or no a test flips."""
+
+    def __init__(self, open_: bool) -> None:
+        self.open = open_
+        self.asked = 0
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        return self.open
 
 
 def simulator_config(address: str, replica: str | None, **overrides: Any) -> dict[str, Any]:

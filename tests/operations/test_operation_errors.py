@@ -7,6 +7,7 @@ journaled.
 from __future__ import annotations
 
 import json
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -186,12 +187,13 @@ async def test_rest_retry_with_the_same_key_sends_nothing(gateway: Harness, rest
     assert gateway.session().sent == sent
 
 
-@pytest.mark.parametrize("size", ["-1", "ten", "1.5", "²", "", "9" * 30])
+@pytest.mark.parametrize("size", ["-1", "%2B5", "-0", "ten", "1.5", "²", "", "1e3", "9" * 30 + "x"])
 async def test_rest_page_size_is_validated(gateway: Harness, rest: Rest, size: str) -> None:
     async with Nothing(gateway):
         reply = await rest.get("sales", tail=f"/operations?pageSize={size}")
 
-    shown = size if len(size) <= 64 else size[:64] + "..."
+    sent = urllib.parse.unquote(size)
+    shown = sent if len(sent) <= 64 else sent[:64] + "..."
     valid = "0 or more (0 or none: 20; over 100: 100)"
     message = f"Invalid pageSize value: {shown}. Valid values: {valid}"
     assert (reply.status, reply.body) == (400, _envelope(message, "INVALID_PAGE_SIZE"))

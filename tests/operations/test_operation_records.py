@@ -17,6 +17,7 @@ import pytest
 
 from service.auth import hash_token
 from service.engine import FieldState
+from service.gateway.rules import MAX_PAGE_SIZE
 from service.grpc.convert import (
     field_from_proto,
     settings_from_proto,
@@ -40,6 +41,7 @@ from tests.helpers.operations import (
     _transitions,
     _unary,
 )
+from tests.helpers.rest_client import Rest
 
 
 async def test_plan_event_and_unary_response_carry_the_operation_id(gateway: Harness) -> None:
@@ -213,6 +215,36 @@ async def test_operation_of_one_instance_is_not_found_via_another(gateway: Harne
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert error.details() == f"Operation not found: {response.operation_id}"
     assert (await _get_operation(gateway, response.operation_id)).id == response.operation_id
+
+
+async def test_a_page_size_over_100_is_100_on_both_edges(gateway: Harness, rest: Rest) -> None:
+    """With more than 100 records, any page size over 100 (a 10-digit one, or one too long to
+    parse on REST) gives 100 of them, the same on both edges, and a token for the rest."""
+    values = ("none", "contacts")
+    started = [
+        (await _unary(gateway, Settings({Field.LAST_SEEN: values[n % 2]}))).operation_id
+        for n in range(MAX_PAGE_SIZE + 1)
+    ]
+    oldest, *newer = started
+    newest = newer[::-1]
+
+    pages = [await _list_page(gateway, page_size=size) for size in (101, 2**31 - 1)]
+    replies = [
+        await rest.get("sales", tail=f"/operations?pageSize={size}")
+        for size in ("101", "2147483647", "9" * 3000, "0" * 30 + "101")
+    ]
+
+    assert len(newest) == MAX_PAGE_SIZE
+    for page in pages:
+        assert [o.id for o in page.operations] == newest
+        assert page.next_page_token
+    for reply in replies:
+        assert reply.status == 200
+        assert [o["id"] for o in reply.body["operations"]] == newest
+        assert reply.body["nextPageToken"] == pages[0].next_page_token
+    rest_of_them = await _list_page(gateway, page_token=pages[0].next_page_token)
+    assert [o.id for o in rest_of_them.operations] == [oldest]
+    assert rest_of_them.next_page_token == ""
 
 
 async def test_list_rejects_a_negative_page_size_and_caps_a_large_one(gateway: Harness) -> None:

@@ -271,14 +271,14 @@ async def test_a_failed_journal_write_leaves_the_instance_free(
     real_begin = journal.begin
     attempts = []
 
-    def full_disk(db: sqlite3.Connection) -> None:
-        raise sqlite3.OperationalError("database or disk is full")
-
-    def failing_begin(row: Any) -> Any:
+    def failing_begin(row: Any) -> asyncio.Future[None]:
+        """``begin`` as a full disk answers it: the write's future fails with SQLite's error."""
         attempts.append(row.id)
         if len(attempts) == 1 + len(RETRY_PAUSES):  # the update's last try: then it works again
             monkeypatch.setattr(journal, "begin", real_begin)
-        return journal._submit(full_disk)
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        failed.set_exception(sqlite3.OperationalError("database or disk is full"))
+        return failed
 
     monkeypatch.setattr(journal, "begin", failing_begin)
     try:

@@ -1,5 +1,6 @@
-"""The simulator area's fixtures: a ``SimulatorServer`` in the test's process, and gateways
-(``make_gateway``, from ``tests/conftest.py``) whose instances live in it."""
+"""The simulator area's fixtures: a ``SimulatorServer`` in the test's process, gateways
+(``make_gateway``, from ``tests/conftest.py``) whose instances live in it, and one session behind
+a gate (``gated``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,16 @@ from typing import Any
 import pytest
 
 from service.sessions.simulator.server import SimulatorServer
+from service.sessions.simulator.session import SimulatorSession
 from tests.helpers.harness import GatewayFactory, Harness
-from tests.helpers.simulator import OnSimulator, simulator_config, wait_connected
+from tests.helpers.simulator import (
+    GATED_RECONNECT_INITIAL,
+    GATED_RECONNECT_MAX,
+    Gate,
+    OnSimulator,
+    simulator_config,
+    wait_connected,
+)
 
 
 @pytest.fixture
@@ -35,3 +44,15 @@ def on_simulator(make_gateway: GatewayFactory, simulator: SimulatorServer) -> On
         return harness
 
     return start
+
+
+@pytest.fixture
+async def gated(simulator: SimulatorServer) -> AsyncIterator[tuple[SimulatorSession, Gate]]:
+    """A session of ``sales`` on ``simulator`` whose gate (``may_connect``) starts closed."""
+    gate = Gate(open_=False)
+    session = SimulatorSession(
+        "sales", simulator.address, client="r1", may_connect=gate,
+        reconnect_initial=GATED_RECONNECT_INITIAL, reconnect_max=GATED_RECONNECT_MAX,
+    )  # fmt: skip
+    yield session, gate
+    await session.close()

@@ -6,7 +6,7 @@ open (a stalled replica that resumes); ``close`` ends the connection at once and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 
 import pytest
 
@@ -14,32 +14,7 @@ from service.sessions.base import SessionError, SessionState, StanzaFate
 from service.sessions.simulator.server import Ending, SimulatorServer
 from service.sessions.simulator.session import NO_LEASE_REASON, SimulatorSession
 from service.settings import Field
-from tests.helpers.simulator import wait_state, wait_until
-
-INITIAL, MAXIMUM = 0.05, 0.2
-
-
-class Gate:
-    """What the lease code will pass: a yes or no a test flips."""
-
-    def __init__(self, open_: bool) -> None:
-        self.open = open_
-        self.asked = 0
-
-    def __call__(self) -> bool:
-        self.asked += 1
-        return self.open
-
-
-@pytest.fixture
-async def gated(simulator: SimulatorServer) -> AsyncIterator[tuple[SimulatorSession, Gate]]:
-    gate = Gate(open_=False)
-    session = SimulatorSession(
-        "sales", simulator.address, client="r1", may_connect=gate,
-        reconnect_initial=INITIAL, reconnect_max=MAXIMUM,
-    )  # fmt: skip
-    yield session, gate
-    await session.close()
+from tests.helpers.simulator import GATED_RECONNECT_MAX, Gate, wait_state, wait_until
 
 
 async def refused(stanza: Awaitable[object]) -> SessionError:
@@ -89,7 +64,7 @@ async def test_a_gate_that_closes_while_connected_stops_every_stanza_and_every_r
 
     simulator.drop("sales")
     await wait_until(lambda: session.status().last_error == NO_LEASE_REASON, "the gate's answer")
-    await asyncio.sleep(3 * MAXIMUM)
+    await asyncio.sleep(3 * GATED_RECONNECT_MAX)
     assert len(simulator.connections) == 1
 
 
@@ -106,7 +81,7 @@ async def test_close_disconnects_at_once_and_start_after_it_connects_again(
     assert simulator.connections[0].ended is Ending.CLIENT_CLOSED
     assert session.status().state is SessionState.DISCONNECTED
     assert simulator.connected_client("sales") is None
-    await asyncio.sleep(3 * MAXIMUM)
+    await asyncio.sleep(3 * GATED_RECONNECT_MAX)
     assert len(simulator.connections) == 1
     error = await refused(session.read_settings())
     assert error.connection_lost
