@@ -27,6 +27,12 @@ from pydantic import (
     model_validator,
 )
 
+from service.sessions.defaults import (
+    RECONNECT_INITIAL_SECONDS,
+    RECONNECT_MAX_SECONDS,
+    STANZA_TIMEOUT_SECONDS,
+    WHATSAPP_LOG_LEVEL,
+)
 from service.settings import Field as SettingField
 from service.tls import PemError, Role, ServerTls, load_server_tls
 
@@ -185,8 +191,8 @@ class GatewayConfig(_Strict):
     #: with N WhatsApp instances uses about N at its busiest.
     stanza_threads: Annotated[int, Field(ge=1, le=4096)] = 1024
     #: Backoff between connection attempts: first delay, doubling up to the maximum.
-    reconnect_initial_seconds: Annotated[float, Field(gt=0)] = 1.0
-    reconnect_max_seconds: Annotated[float, Field(gt=0)] = 60.0
+    reconnect_initial_seconds: Annotated[float, Field(gt=0)] = RECONNECT_INITIAL_SECONDS
+    reconnect_max_seconds: Annotated[float, Field(gt=0)] = RECONNECT_MAX_SECONDS
     #: How long finished updates stay in the operation journal (and request_ids stay valid).
     journal_retention_days: Annotated[float, Field(gt=0)] = 30.0
     #: Flush every journal commit to the disk (survives power loss; costs a flush per commit).
@@ -195,10 +201,10 @@ class GatewayConfig(_Strict):
     journal_fsync: bool = False
     #: neonize's (whatsmeow's) own log level; "debug" hands every node it sends or receives to a
     #: Python callback, which costs time on every stanza.
-    whatsapp_log_level: Literal["debug", "info", "warn", "error"] = "info"
+    whatsapp_log_level: Literal["debug", "info", "warn", "error"] = WHATSAPP_LOG_LEVEL
     #: How long the gateway waits for WhatsApp's answer to one stanza before it reports that
     #: field as unconfirmed.
-    stanza_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    stanza_timeout_seconds: Annotated[float, Field(gt=0)] = STANZA_TIMEOUT_SECONDS
     #: TLS on both servers: the certificate (PEM; a chain, the server's first) and its private
     #: key (PEM, unencrypted), both or neither. Relative paths are from the working directory.
     tls_cert_file: FilePath | None = None

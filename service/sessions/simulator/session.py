@@ -33,6 +33,11 @@ from service.sessions.base import (
     StanzaFate,
     status_now,
 )
+from service.sessions.defaults import (
+    RECONNECT_INITIAL_SECONDS,
+    RECONNECT_MAX_SECONDS,
+    STANZA_TIMEOUT_SECONDS,
+)
 from service.sessions.simulated import NOT_CONNECTED_REASON
 from service.sessions.simulator.protocol import (
     MAX_LINE,
@@ -164,9 +169,9 @@ class SimulatorSession:
         client: str = "gateway",
         initial: Mapping[Field, str] | None = None,
         may_connect: Callable[[], bool] = _always,
-        reconnect_initial: float = 1.0,
-        reconnect_max: float = 60.0,
-        stanza_timeout: float = 30.0,
+        reconnect_initial: float = RECONNECT_INITIAL_SECONDS,
+        reconnect_max: float = RECONNECT_MAX_SECONDS,
+        stanza_timeout: float = STANZA_TIMEOUT_SECONDS,
     ) -> None:
         host, _, port = address.rpartition(":")
         self.name = name

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from service.sessions.defaults import WHATSAPP_LOG_LEVEL
+
 log = logging.getLogger(__name__)
 
 
@@ -46,7 +48,7 @@ class Dial:
     store: str
     jid: bytes = b""
     proxy: str | None = None
-    log_level: str = "info"
+    log_level: str = WHATSAPP_LOG_LEVEL
     new_device: bool = False
 
 

@@ -43,6 +43,12 @@ from service.sessions.base import (
     StanzaFate,
     status_now,
 )
+from service.sessions.defaults import (
+    RECONNECT_INITIAL_SECONDS,
+    RECONNECT_MAX_SECONDS,
+    STANZA_TIMEOUT_SECONDS,
+    WHATSAPP_LOG_LEVEL,
+)
 from service.sessions.whatsapp import codec
 from service.sessions.whatsapp.devices import Devices, is_postgres, jid_text
 from service.sessions.whatsapp.devices import sqlite_store_has_device as _sqlite_has_device
@@ -102,8 +108,8 @@ _WAITING = frozenset(
 class Backoff:
     """Capped exponential backoff between connection attempts, in seconds."""
 
-    initial: float = 1.0
-    maximum: float = 60.0
+    initial: float = RECONNECT_INITIAL_SECONDS
+    maximum: float = RECONNECT_MAX_SECONDS
 
     def next(self, delay: float) -> float:
         return min(self.maximum, max(self.initial, delay * 2))
@@ -116,12 +122,12 @@ class WhatsAppOptions:
     backoff: Backoff = Backoff()
     #: The longest the gateway waits for one stanza's answer before calling it unconfirmed
     #: (whatsmeow's own wait is 75 s, and 5 s more plus a resend after a drop: request.go).
-    stanza_timeout: float = 30.0
+    stanza_timeout: float = STANZA_TIMEOUT_SECONDS
     #: Which of whatsmeow's lines are logged (``debug`` sends every node through a Python
     #: callback). whatsmeow itself never runs quieter than ``info``: the gateway reads its
     #: StreamReplaced and ClientOutdated lines (Infof and Errorf, connectionevents.go:50, 140),
     #: which neonize cannot forward as events, so ``warn`` and ``error`` only filter the log.
-    log_level: str = "info"
+    log_level: str = WHATSAPP_LOG_LEVEL
     #: The longest a re-read after a lost answer may take: a new connection and one fetch.
     confirm_timeout: float = 15.0
     #: On replicas (the lease TTL): a session taken over while this replica holds its lease is
