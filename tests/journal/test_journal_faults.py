@@ -185,6 +185,49 @@ async def _a_failed_update_from(
 # -- a journal locked by another process --------------------------------------------------------
 
 
+@pytest.mark.parametrize("edge", ["unary", "stream"])
+async def test_a_lock_held_before_an_update_refuses_it_and_sends_nothing(
+    slow_gateway: Harness, edge: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process locks the journal before the update's first write (its plan): the
+    caller is told the journal cannot record updates, no stanza goes out, and the journal
+    holds no operation; once the lock is let go, the instance takes updates again."""
+    gateway = slow_gateway
+    monkeypatch.setattr(commit, "BUSY_PATIENCE_SECONDS", 0.2)
+    monkeypatch.setattr(journaling, "RETRY_PAUSES", (0.05,))
+    session = gateway.session()
+    before = session.server_settings
+    lock = JournalLock(_journal_path(gateway))
+    await lock.take()
+    try:
+        if edge == "unary":
+            error = await _rpc_error(_unary(gateway, FIVE_CHANGES))
+            messages: list[Any] = []
+        else:
+            messages, drained = await _drain(_stream(gateway, FIVE_CHANGES))
+            assert drained is not None
+            error = drained
+    finally:
+        await lock.release()
+
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert error.details().startswith("The operation journal cannot record updates: ")
+    assert "locked" in error.details(), error.details()
+    status = rpc_status.from_call(error)
+    assert status is not None
+    assert error_info(status).reason == "JOURNAL_UNAVAILABLE"
+    # The stream showed nothing, WhatsApp got nothing, the journal holds nothing.
+    assert messages == []
+    assert _sets(session) == []
+    assert session.server_settings == before
+    listed = await gateway.stub.ListUpdateOperations(
+        pb.ListUpdateOperationsRequest(instance="sales"), metadata=gateway.metadata()
+    )
+    assert list(listed.operations) == []
+    later = await _accepted_again(gateway)
+    assert later.settings.permissions.group_add != 0
+
+
 @pytest.mark.parametrize("position", range(len(FIELDS)))
 async def test_a_brief_lock_mid_update_delays_nothing_but_the_journal(
     slow_gateway: Harness, position: int
