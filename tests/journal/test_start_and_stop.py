@@ -9,18 +9,27 @@ and its caller hears what was applied.
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import signal
 import socket
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 from grpc_status import rpc_status
 
 from service.grpc.convert import settings_to_proto
+from service.http.body import settings_json
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
+from service.sessions.simulated import DEFAULT_SETTINGS
+from service.settings import Settings
 from tests.helpers.faults import JournalLock
 from tests.helpers.journal_restart import StartGateway, write_config
 from tests.helpers.processes import TIMEOUT, stripped_env
@@ -28,6 +37,7 @@ from tests.helpers.rich_status import error_info, update_response
 from tests.helpers.updates import FIVE_CHANGES
 
 TOKEN = "start-and-stop-token"
+REST_LISTENING = r"^privacy-gateway: REST listening on (http://127\.0\.0\.1:\d+)$"
 METADATA = (("token", TOKEN),)
 
 
@@ -165,3 +175,77 @@ def test_an_update_cut_by_shutdown_is_journaled_as_the_shutdown_and_its_caller_t
     assert [(f.field, f.state) for f in operation.fields] == [
         (f.field, f.state) for f in told.fields
     ]
+
+
+def _http(base: str, method: str, path: str, body: object = None) -> tuple[int, dict[str, Any]]:
+    """One REST call on a gateway process (``http.client``: the test is not async)."""
+    url = urlsplit(base)
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=TIMEOUT)
+    try:
+        headers = {"token": TOKEN, "Content-Type": "application/json"}
+        data = None if body is None else json.dumps(body)
+        connection.request(method, path, body=data, headers=headers)
+        response = connection.getresponse()
+        assert response.getheader("Content-Type", "").startswith("application/json")
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_a_rest_update_cut_by_shutdown_names_its_live_fields_in_the_envelope(
+    tmp_path: Path, gateway_processes: StartGateway
+) -> None:
+    """REST's caller of an update the shutdown cuts is told, in the envelope, the reason, the
+    operation and which fields are live; the journal says the same after a restart."""
+    data_dir = tmp_path / "data"
+    config = write_config(
+        tmp_path, data_dir, token=TOKEN, latency_ms=600, listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0", grace=1.5,
+    )  # fmt: skip
+    gateway = gateway_processes(config)
+    base = gateway.read_until(REST_LISTENING).group(1)
+    path = "/api/profile/privacy/sales"
+    with ThreadPoolExecutor(1) as pool:
+        posted = pool.submit(_http, base, "POST", path, settings_json(FIVE_CHANGES))
+        # The first field is journaled APPLIED: the second stanza is out when the signal comes.
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            status, listed = _http(base, "GET", f"{path}/operations")
+            assert status == 200, listed
+            running = listed["operations"]
+            if running and any(f["state"] == "APPLIED" for f in running[0]["fields"]):
+                break
+            assert time.monotonic() < deadline, listed
+            time.sleep(0.05)
+        gateway.process.send_signal(signal.SIGTERM)
+        status, body = posted.result(timeout=TIMEOUT)
+    assert gateway.process.wait(timeout=TIMEOUT) == 0, gateway.stderr()
+
+    assert status == 500, body
+    assert body["success"] is False
+    assert body["error"]["reason"] == "SHUTTING_DOWN"
+    states = [f["state"] for f in body["fields"]]
+    applied = states.count("APPLIED")
+    assert applied >= 1
+    assert states == ["APPLIED"] * applied + ["NOT_ATTEMPTED"] * (len(states) - applied)
+    assert len(states) == len(FIVE_CHANGES)
+    fields = list(FIVE_CHANGES)
+    if applied < len(fields):
+        assert body["error"]["message"] == (
+            f"the gateway is shutting down before updating {fields[applied].spec.rest_name} privacy"
+        )
+    live = Settings({**DEFAULT_SETTINGS, **{f: FIVE_CHANGES[f] for f in fields[:applied]}})
+    assert body["settings"] == settings_json(live)
+    assert body["operationId"] == running[0]["id"]
+
+    again = gateway_processes(config)
+    base = again.read_until(REST_LISTENING).group(1)
+    status, read = _http(base, "GET", f"{path}/operations/{body['operationId']}")
+    assert status == 200, read
+    operation = read["operation"]
+    assert operation["state"] == "FAILED"
+    assert operation["error"]["reason"] == "SHUTTING_DOWN"
+    assert [(f["field"], f["state"]) for f in operation["fields"]] == [
+        (f["field"], f["state"]) for f in body["fields"]
+    ]
+    assert operation["settings"] == body["settings"]
