@@ -12,7 +12,6 @@ import asyncio
 import http.client
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from service.sessions.simulated import DEFAULT_SETTINGS
 from service.settings import Settings
 from tests.helpers.faults import JournalLock
 from tests.helpers.journal_restart import StartGateway, write_config
-from tests.helpers.processes import TIMEOUT, stripped_env
+from tests.helpers.processes import TIMEOUT, held_ports, port_is_free, stripped_env
 from tests.helpers.rich_status import error_info, update_response
 from tests.helpers.updates import FIVE_CHANGES
 
@@ -41,17 +40,26 @@ REST_LISTENING = r"^privacy-gateway: REST listening on (http://127\.0\.0\.1:\d+)
 METADATA = (("token", TOKEN),)
 
 
-def _config(tmp_path: Path, data_dir: Path, *, listen: str, latency_ms: int, grace: float) -> Path:
+def _config(
+    tmp_path: Path,
+    data_dir: Path,
+    *,
+    listen: str,
+    latency_ms: int,
+    grace: float,
+    http_listen: str = "",
+) -> Path:
     return write_config(
-        tmp_path, data_dir, token=TOKEN, latency_ms=latency_ms, listen=listen, http_listen="",
-        grace=grace,
+        tmp_path, data_dir, token=TOKEN, latency_ms=latency_ms, listen=listen,
+        http_listen=http_listen, grace=grace,
     )  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def _ports_config(tmp_path: Path, data_dir: Path, grpc_port: int, rest_port: int) -> Path:
+    return _config(
+        tmp_path, data_dir, listen=f"127.0.0.1:{grpc_port}", latency_ms=0, grace=1,
+        http_listen=f"127.0.0.1:{rest_port}",
+    )  # fmt: skip
 
 
 def _serve_refused(config: Path) -> subprocess.CompletedProcess[str]:
@@ -65,40 +73,31 @@ def _serve_refused(config: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 def test_a_journal_that_is_not_a_database_stops_the_start_in_one_line(tmp_path: Path) -> None:
+    """Its gRPC and REST ports are held meanwhile (``held_ports``): had the gateway bound either
+    before opening the journal, its one line would name that port instead."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "journal.db").write_bytes(b"this is not a SQLite database, but it is 64 bytes" * 4)
-    port = _free_port()
 
-    done = _serve_refused(
-        _config(tmp_path, data_dir, listen=f"127.0.0.1:{port}", latency_ms=0, grace=1)
-    )
+    with held_ports(2) as (grpc_port, rest_port):
+        done = _serve_refused(_ports_config(tmp_path, data_dir, grpc_port, rest_port))
 
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"privacy-gateway: journal {data_dir / 'journal.db'}: ")
     assert "move it aside" in lines[0]
-    assert _port_is_free(port)
+    assert port_is_free(grpc_port)
+    assert port_is_free(rest_port)
 
 
 def test_a_journal_locked_by_another_process_stops_the_start_in_one_line(tmp_path: Path) -> None:
+    """Its ports are held meanwhile, as above: the one line is the journal's, not a port's."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    port = _free_port()
-    config = _config(tmp_path, data_dir, listen=f"127.0.0.1:{port}", latency_ms=0, grace=1)
 
-    async def refused_while_locked() -> subprocess.CompletedProcess[str]:
+    async def refused_while_locked(config: Path) -> subprocess.CompletedProcess[str]:
         lock = JournalLock(data_dir / "journal.db")
         await lock.take()
         try:
@@ -106,14 +105,18 @@ def test_a_journal_locked_by_another_process_stops_the_start_in_one_line(tmp_pat
         finally:
             await lock.release()
 
-    done = asyncio.run(refused_while_locked())
+    with held_ports(2) as (grpc_port, rest_port):
+        config = _ports_config(tmp_path, data_dir, grpc_port, rest_port)
+        done = asyncio.run(refused_while_locked(config))
 
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"privacy-gateway: journal {data_dir / 'journal.db'}: ")
     assert "database is locked" in lines[0]
     assert "another process holds it" in lines[0]
-    assert _port_is_free(port)
+    assert port_is_free(grpc_port)
+    assert port_is_free(rest_port)
 
 
 def test_an_update_cut_by_shutdown_is_journaled_as_the_shutdown_and_its_caller_told(
