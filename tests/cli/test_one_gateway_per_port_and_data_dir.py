@@ -25,7 +25,7 @@ from service.http.server import HttpServer
 from service.listen import ListenError
 from tests.helpers.harness import Harness
 from tests.helpers.one_gateway import First, env_for, serve_args
-from tests.helpers.processes import CLI, TIMEOUT, started_gateways
+from tests.helpers.processes import CLI, TIMEOUT, held_ports, port_is_free, started_gateways
 
 #: How soon the second gateway must have given up: it fails before it serves anything.
 FAILS_WITHIN = 10.0
@@ -106,6 +106,34 @@ def test_the_data_dir_is_free_again_once_its_gateway_has_stopped(tmp_path: Path)
         again = start(*serve_args(), env=env_for(data))
 
         assert (data / data_dir.LOCK_FILE).read_text() == f"{again.process.pid}\n"
+
+
+@pytest.mark.parametrize("where", ["a file in its place", "a file in its path"])
+def test_an_unusable_data_dir_exits_2_naming_it_before_any_port_is_bound(
+    tmp_path: Path, where: str
+) -> None:
+    """A data_dir that cannot be made (root may write anywhere, but not make a directory where a
+    file is): one line naming it, exit 2. Its ports are held meanwhile, so a gateway that bound
+    either before judging data_dir would have said the port was in use instead."""
+    (tmp_path / "a-file").write_text("not a directory\n")
+    data = tmp_path / "a-file" if where == "a file in its place" else tmp_path / "a-file" / "data"
+
+    with held_ports(2) as (grpc_port, rest_port):
+        result = second_gateway(
+            serve_args(listen=f"127.0.0.1:{grpc_port}", http_listen=f"127.0.0.1:{rest_port}"),
+            data,
+        )
+
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"privacy-gateway: data_dir {data.resolve()} cannot be used: ")
+    assert lines[0].endswith("; check data_dir")
+    assert "Traceback" not in result.stderr
+    assert port_is_free(grpc_port)
+    assert port_is_free(rest_port)
+    assert (tmp_path / "a-file").read_text() == "not a directory\n"
 
 
 # -- the same, in one process -------------------------------------------------------------------

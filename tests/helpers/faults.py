@@ -62,16 +62,23 @@ class SmallFilesystem:
 
 
 class JournalLock:
-    """Another process holding ``BEGIN EXCLUSIVE`` on the journal, until ``release``."""
+    """Another process holding ``BEGIN EXCLUSIVE`` on the journal, until ``release``.
+
+    ``start`` runs the process ahead (connected, not locking), so that ``take`` locks within
+    milliseconds: a test can lock while a 200 ms stanza is still in flight."""
 
     def __init__(self, journal: Path) -> None:
         self._journal = journal
         self._process: asyncio.subprocess.Process | None = None
 
-    async def take(self) -> None:
+    async def start(self) -> None:
+        if self._process is not None:
+            return
         script = (
             "import sqlite3, sys\n"
             f"db = sqlite3.connect({str(self._journal)!r}, isolation_level=None, timeout=30)\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.readline()\n"
             "db.execute('BEGIN EXCLUSIVE')\n"
             "print('locked', flush=True)\n"
             "sys.stdin.readline()\n"
@@ -81,9 +88,21 @@ class JournalLock:
             sys.executable, "-c", script, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, env={**os.environ},
         )  # fmt: skip
+        await self._expect(b"ready")
+
+    async def take(self) -> None:
+        await self.start()
+        assert self._process is not None
+        assert self._process.stdin is not None
+        self._process.stdin.write(b"lock\n")
+        await self._process.stdin.drain()
+        await self._expect(b"locked")
+
+    async def _expect(self, word: bytes) -> None:
+        assert self._process is not None
         assert self._process.stdout is not None
         line = await asyncio.wait_for(self._process.stdout.readline(), 30)
-        assert line.strip() == b"locked", line
+        assert line.strip() == word, line
 
     async def release(self) -> None:
         process = self._process
@@ -93,4 +112,5 @@ class JournalLock:
         assert process.stdin is not None
         process.stdin.write(b"go\n")
         await process.stdin.drain()
+        process.stdin.close()  # and a process that never locked ends too
         await asyncio.wait_for(process.wait(), 30)

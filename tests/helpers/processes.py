@@ -13,6 +13,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -152,3 +153,29 @@ def started_gateways(directory: Path) -> Iterator[StartServe]:
             return gateway
 
         yield start
+
+
+@contextlib.contextmanager
+def held_ports(count: int) -> Iterator[list[int]]:
+    """``count`` loopback ports this process listens on while the block runs.
+
+    A gateway given them fails with "port ... is already in use" if it tries to bind one; one
+    that stops with another error first never tried. ``port_is_free`` then says, once the block
+    has ended, that the gateway left none of them bound either."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            held = stack.enter_context(socket.socket())
+            held.bind(("127.0.0.1", 0))
+            held.listen()
+            ports.append(int(held.getsockname()[1]))
+        yield ports
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True

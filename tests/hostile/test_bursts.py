@@ -52,13 +52,19 @@ async def _first(call: Any) -> str:
     try:
         await call.read()
     except aio.AioRpcError as error:
-        status = rpc_status.from_call(error)
-        if status is None:
-            return error.code().name
-        (retry,) = details(status, error_details_pb2.RetryInfo)
-        assert retry.retry_delay.seconds >= 1
-        return f"{error.code().name} {error_info(status).reason}"
+        return _refusal(error)
     return "settings"
+
+
+def _refusal(error: aio.AioRpcError) -> str:
+    """The code and reason a call was refused with, its RetryInfo checked on the way (a status
+    without details is only its code, which no assertion here accepts)."""
+    status = rpc_status.from_call(error)
+    if status is None:
+        return error.code().name
+    (retry,) = details(status, error_details_pb2.RetryInfo)
+    assert retry.retry_delay.seconds >= 1
+    return f"{error.code().name} {error_info(status).reason}"
 
 
 async def _all_released(harness: Harness) -> None:
@@ -104,20 +110,46 @@ async def test_a_burst_past_grpcs_own_queue_is_refused_never_cancelled(
 
 
 async def test_a_burst_of_quick_calls_ends_none_cancelled(make_gateway: GatewayFactory) -> None:
-    """3,000 unary calls at once: each is answered or refused with a retry hint, none dropped."""
+    """3,000 unary calls at once: each is answered or refused with TOO_MANY_CALLS and a retry
+    hint (not grpc's own RESOURCE_EXHAUSTED), none dropped."""
     harness: Harness = await make_gateway()
 
     async def get() -> str:
         try:
             await harness.get()
         except aio.AioRpcError as error:
-            return error.code().name
+            return _refusal(error)
         return "OK"
 
     answers = Counter(await asyncio.gather(*(get() for _ in range(3000))))
 
-    assert set(answers) <= {"OK", "RESOURCE_EXHAUSTED"}, answers
+    assert set(answers) <= {"OK", "RESOURCE_EXHAUSTED TOO_MANY_CALLS"}, answers
     assert answers["OK"] >= 1000, answers
+
+
+async def test_unary_calls_past_the_cap_are_refused_with_a_retry_hint(
+    make_gateway: GatewayFactory,
+) -> None:
+    """Quick calls seldom overlap, so the cap is held by watches: every unary call past it is
+    refused RESOURCE_EXHAUSTED TOO_MANY_CALLS with a RetryInfo, and served once they end."""
+    harness: Harness = await make_gateway(max_concurrent_calls=5)
+    watches = [_watch(harness.stub) for _ in range(5)]
+    assert [await _first(w) for w in watches] == ["settings"] * 5
+
+    async def get() -> str:
+        try:
+            await harness.get()
+        except aio.AioRpcError as error:
+            return _refusal(error)
+        return "OK"
+
+    answers = Counter(await asyncio.gather(*(get() for _ in range(20))))
+    for watch in watches:
+        watch.cancel()
+    await _all_released(harness)
+
+    assert answers == {"RESOURCE_EXHAUSTED TOO_MANY_CALLS": 20}
+    assert await harness.get() is not None
 
 
 async def test_rest_past_the_cap_is_429_with_retry_after(make_gateway: GatewayFactory) -> None:

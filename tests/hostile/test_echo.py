@@ -198,6 +198,12 @@ def _get(*headers: bytes, path: bytes = b"/api/profile/privacy/sales") -> bytes:
 TOKEN = ACME_TOKEN.encode()
 REFUSED = {
     "a token ending in CR": (_get(b"token: " + TOKEN + b"\r"), 400, "MALFORMED_HTTP_REQUEST"),
+    "a token ending in LF": (_get(b"token: " + TOKEN + b"\n"), 400, "MALFORMED_HTTP_REQUEST"),
+    "a token ending in a bare LF line": (
+        _get(b"token: " + TOKEN + b"\nX-After: 1"),
+        400,
+        "MALFORMED_HTTP_REQUEST",
+    ),
     "a token with a control character": (
         _get(b"token: " + TOKEN + b"\x01"),
         400,

@@ -185,6 +185,49 @@ async def _a_failed_update_from(
 # -- a journal locked by another process --------------------------------------------------------
 
 
+@pytest.mark.parametrize("edge", ["unary", "stream"])
+async def test_a_lock_held_before_an_update_refuses_it_and_sends_nothing(
+    slow_gateway: Harness, edge: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process locks the journal before the update's first write (its plan): the
+    caller is told the journal cannot record updates, no stanza goes out, and the journal
+    holds no operation; once the lock is let go, the instance takes updates again."""
+    gateway = slow_gateway
+    monkeypatch.setattr(commit, "BUSY_PATIENCE_SECONDS", 0.2)
+    monkeypatch.setattr(journaling, "RETRY_PAUSES", (0.05,))
+    session = gateway.session()
+    before = session.server_settings
+    lock = JournalLock(_journal_path(gateway))
+    await lock.take()
+    try:
+        if edge == "unary":
+            error = await _rpc_error(_unary(gateway, FIVE_CHANGES))
+            messages: list[Any] = []
+        else:
+            messages, drained = await _drain(_stream(gateway, FIVE_CHANGES))
+            assert drained is not None
+            error = drained
+    finally:
+        await lock.release()
+
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert error.details().startswith("The operation journal cannot record updates: ")
+    assert "locked" in error.details(), error.details()
+    status = rpc_status.from_call(error)
+    assert status is not None
+    assert error_info(status).reason == "JOURNAL_UNAVAILABLE"
+    # The stream showed nothing, WhatsApp got nothing, the journal holds nothing.
+    assert messages == []
+    assert _sets(session) == []
+    assert session.server_settings == before
+    listed = await gateway.stub.ListUpdateOperations(
+        pb.ListUpdateOperationsRequest(instance="sales"), metadata=gateway.metadata()
+    )
+    assert list(listed.operations) == []
+    later = await _accepted_again(gateway)
+    assert later.settings.permissions.group_add != 0
+
+
 @pytest.mark.parametrize("position", range(len(FIELDS)))
 async def test_a_brief_lock_mid_update_delays_nothing_but_the_journal(
     slow_gateway: Harness, position: int
@@ -195,21 +238,24 @@ async def test_a_brief_lock_mid_update_delays_nothing_but_the_journal(
     gateway = slow_gateway
     session = gateway.session()
     lock = JournalLock(_journal_path(gateway))
+    await lock.start()
     call = _stream(gateway, FIVE_CHANGES)
     plan = await call.read()
     await _until(lambda: len(_sets(session)) == position + 1)
     await lock.take()
     try:
-        started = time.monotonic()
-        await gateway.get("support")  # the loop is not waiting on the lock
-        answered_in = time.monotonic() - started
-        await asyncio.sleep(1.0)
+        worst, probes = await _probe_while_pending(gateway, session, position + 1)
+        # The stanza in flight was answered, and its outcome's write waits on the lock:
+        # no later stanza went out meanwhile.
+        sent = len(_sets(session))
     finally:
         await lock.release()
+    assert worst < 1.0, f"the event loop stalled {worst:.3f} s while the journal was locked"
+    assert probes >= 10, probes
+    assert sent == position + 1, sent
     rest, error = await _drain(call)
 
     assert error is None
-    assert answered_in < 0.5, answered_in
     finals = _finals(_updates([plan, *rest]))
     assert [u.state for u in finals] == [pb.FIELD_STATE_APPLIED] * len(FIELDS)
     assert session.server_settings == _defaults_plus(FIVE_CHANGES, FIELDS)
@@ -221,6 +267,33 @@ async def test_a_brief_lock_mid_update_delays_nothing_but_the_journal(
     ).operation
     assert operation.state == pb.OPERATION_STATE_COMPLETED
     assert _states(list(operation.fields)) == _states(finals)
+
+
+async def _probe_while_pending(
+    gateway: Harness, session: Any, answered: int, *, hold: float = 1.0
+) -> tuple[float, int]:
+    """Calls the gateway every ~50 ms, for ``hold`` seconds and at least half a second after
+    stanza number ``answered`` was answered (its outcome's write then pending on the lock); the
+    longest gap between two answers, and how many answers came.
+
+    Client and gateway share the event loop, so any wait on it (a busy wait on the lock) shows
+    as a gap, whether it falls in a call or between two."""
+    settled = _defaults_plus(FIVE_CHANGES, FIELDS[:answered])
+    started = last = time.monotonic()
+    answered_at: float | None = None
+    worst, probes = 0.0, 0
+    while True:
+        await gateway.get("support")
+        now = time.monotonic()
+        worst, last, probes = max(worst, now - last), now, probes + 1
+        if worst >= 1.0:  # stalled: the caller's assertion says so
+            return worst, probes
+        if answered_at is None and session.server_settings == settled:
+            answered_at = now
+        if answered_at is not None and now - answered_at >= 0.5 and now - started >= hold:
+            return worst, probes
+        assert now - started < 10, "the stanza in flight was never answered"
+        await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("applied", range(1, len(FIELDS) + 1))
