@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from service.engine import FINAL_STATES, Event, FieldEvent, FieldState, Snapshot
@@ -53,6 +53,10 @@ class Metrics:
     def __init__(self, instances: Iterable[Instance] = ()) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
+        # The process's own figures (process_open_fds among them): neonize leaves one session
+        # store open per connection it makes (goneonize/main.go:58-64, 623), which an operator
+        # can only watch, not prevent.
+        ProcessCollector(registry=registry)
         self._calls = Counter(
             PREFIX + "calls",
             "Calls to the gateway's API, by method and status code.",

@@ -138,6 +138,14 @@ async def test_metrics_need_no_token_and_are_not_rate_limited(limited: Rest) -> 
     assert scraped.nonzero("privacy_gateway_calls_total") == {}
 
 
+async def test_the_processs_open_descriptors_are_shown_against_its_limit(rest: Rest) -> None:
+    """neonize leaves a session store open per connection it makes (goneonize/main.go:58-64):
+    an operator watches process_open_fds against process_max_fds."""
+    scraped = await scrape(rest.client, rest.base)
+    assert 0 < scraped.value("process_open_fds") < scraped.value("process_max_fds")
+    assert scraped.value("process_resident_memory_bytes") > 0
+
+
 async def test_each_gateway_counts_only_its_own_calls(make_gateway: GatewayFactory) -> None:
     first: Harness = await make_gateway()
     second: Harness = await make_gateway()
