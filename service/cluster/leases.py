@@ -32,6 +32,7 @@ from service import errors
 from service.cluster.database import migrate
 from service.cluster.ownership import LEASE_TABLES, Peer
 from service.cluster.rendezvous import owner_for
+from service.waiting import woken_within
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,9 @@ class Leases:
         self._closed = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            # Bounded: a stuck round must not keep the replica from giving its leases back.
+            await asyncio.wait(self._tasks, timeout=self._timing.renew * 2)
         async with self._lock:
             held = list(self._held)
             await self._lose(held)
@@ -265,8 +268,7 @@ class Leases:
 
     async def _keep(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._timing.renew)
+            await woken_within(self._wake, self._timing.renew)
             self._wake.clear()
             try:
                 await self._round()

@@ -50,6 +50,7 @@ from service.sessions.simulator.protocol import (
 )
 from service.sessions.whatsapp.stanza_errors import stanza_error
 from service.settings import Field, Settings
+from service.waiting import woken_within
 
 log = logging.getLogger(__name__)
 
@@ -339,8 +340,7 @@ class SimulatorSession:
     async def _wait(self, delay: float) -> None:
         """Sleeps ``delay``, or until ``start`` asks for a dial now."""
         self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
+        await woken_within(self._wake, delay)
 
     def _next(self, delay: float) -> float:
         return min(self._reconnect_max, max(self._reconnect_initial, delay * 2))

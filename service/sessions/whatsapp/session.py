@@ -59,6 +59,7 @@ from service.sessions.whatsapp.postgres import StoreUnavailable, WhatsmeowDataba
 from service.sessions.whatsapp.sqlite_store import store_problem
 from service.sessions.whatsapp.threads import BlockingCalls
 from service.settings import Field, Settings
+from service.waiting import woken_within
 
 log = logging.getLogger(__name__)
 Probe = Callable[[str | None], Awaitable[str]]
@@ -503,8 +504,7 @@ class WhatsAppSession:
         if for_pairing and self._pairing is not None:
             return
         self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
+        await woken_within(self._wake, delay)
 
     def _disconnected(self, error: str, delay: float) -> None:
         retry_at = time.time() + delay
