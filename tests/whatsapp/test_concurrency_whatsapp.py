@@ -131,7 +131,7 @@ async def test_the_stanza_executor_is_what_carries_the_concurrency(
     assert from_mapping({}).stanza_threads == 1024
     # A longer round trip than the other tests': the gateway's own cost per update is fixed, so
     # this keeps what is compared (queued rounds against one round) clear of the machine's noise.
-    latency = 2 * LATENCY
+    latency = 4 * LATENCY
     default = await many_linked(start_whatsapp, latency)
     default_elapsed, default_stanzas = await timed_updates(default, {Field.LAST_SEEN: "none"})
     few = await many_linked(start_whatsapp, latency, stanza_threads=8)

@@ -350,6 +350,8 @@ class WhatsAppSession:
         while not self._closing:
             pairing = self._pairing
             problem = await self._check_store()
+            if self._pairing is not pairing:
+                continue  # a pairing came (or its caller left) while the store was checked
             if not problem and pairing is None and await self._nothing_to_dial():
                 continue
             if not problem and self._probe is not None:
@@ -450,6 +452,8 @@ class WhatsAppSession:
         or a ban that has not expired."""
         keep = (SessionState.NOT_PAIRED, SessionState.LOGGED_OUT, SessionState.CLIENT_OUTDATED)
         has_device = await self._has_device()
+        if self._pairing is not None:
+            return True  # one came meanwhile: the next turn dials it (a wait would miss its wake)
         if self._status.state not in keep and not has_device:
             # Never dialled: a store without this instance's device would show QR codes.
             self._set_state(SessionState.NOT_PAIRED)
