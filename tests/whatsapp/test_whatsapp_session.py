@@ -510,7 +510,11 @@ async def test_pairing_while_whatsapp_is_unreachable_is_unavailable_at_once(
     # The failed call's entries in neonize's maps are deleted (only Stop does, main.go:586-605).
     maps = wa.ffi.maps
     # (A Stop waits out the guard's read window first: seconds, on a busy machine.)
-    await wait_until(lambda: not maps.clients, 10, "the failed call's client deleted")
+    await wait_until(
+        lambda: not (maps.clients or maps.stop_signals or maps.event_channels),
+        10,
+        "the failed call's map entries deleted",
+    )
     assert (maps.clients, maps.stop_signals, maps.event_channels) == ({}, {}, {})
 
 
