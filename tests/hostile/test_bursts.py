@@ -56,6 +56,15 @@ async def _first(call: Any) -> str:
     return "settings"
 
 
+async def _read(harness: Harness) -> str:
+    """One GetPrivacySettings: "OK", or how it was refused."""
+    try:
+        await harness.get()
+    except aio.AioRpcError as error:
+        return _refusal(error)
+    return "OK"
+
+
 def _refusal(error: aio.AioRpcError) -> str:
     """The code and reason a call was refused with, its RetryInfo checked on the way (a status
     without details is only its code, which no assertion here accepts)."""
@@ -114,14 +123,7 @@ async def test_a_burst_of_quick_calls_ends_none_cancelled(make_gateway: GatewayF
     hint (not grpc's own RESOURCE_EXHAUSTED), none dropped."""
     harness: Harness = await make_gateway()
 
-    async def get() -> str:
-        try:
-            await harness.get()
-        except aio.AioRpcError as error:
-            return _refusal(error)
-        return "OK"
-
-    answers = Counter(await asyncio.gather(*(get() for _ in range(3000))))
+    answers = Counter(await asyncio.gather(*(_read(harness) for _ in range(3000))))
 
     assert set(answers) <= {"OK", "RESOURCE_EXHAUSTED TOO_MANY_CALLS"}, answers
     assert answers["OK"] >= 1000, answers
@@ -136,14 +138,7 @@ async def test_unary_calls_past_the_cap_are_refused_with_a_retry_hint(
     watches = [_watch(harness.stub) for _ in range(5)]
     assert [await _first(w) for w in watches] == ["settings"] * 5
 
-    async def get() -> str:
-        try:
-            await harness.get()
-        except aio.AioRpcError as error:
-            return _refusal(error)
-        return "OK"
-
-    answers = Counter(await asyncio.gather(*(get() for _ in range(20))))
+    answers = Counter(await asyncio.gather(*(_read(harness) for _ in range(20))))
     for watch in watches:
         watch.cancel()
     await _all_released(harness)

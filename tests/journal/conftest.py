@@ -14,11 +14,12 @@ from grpc import aio
 from service.assembly import build_gateway
 from service.config import from_mapping
 from service.grpc.server import start_server
-from service.journal import Journal
+from service.journal import Journal, commit
 from service.journal.policy import CommitPolicy
 from service.journal.postgres import PostgresJournal, postgres_journal
 from service.journal.protocol import JournalStore
 from service.journal.sqlite import SqliteJournal, sqlite_journal
+from service.operations import journaling
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2_grpc as pb_grpc
 from tests.helpers.clock import FakeClock
 from tests.helpers.faults import SmallFilesystem
@@ -186,3 +187,11 @@ async def make_pg_gateway(tmp_path: Path) -> AsyncIterator[PgGatewayFactory]:
         await harness.channel.close()
         await harness.server.stop(None)
         await harness.gateway.close()
+
+
+@pytest.fixture
+def impatient_journal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lock is given up on after 0.2 s and a failed write retried once, 0.05 s later: the
+    lock tests' positions are reached in a fraction of the real patience."""
+    monkeypatch.setattr(commit, "BUSY_PATIENCE_SECONDS", 0.2)
+    monkeypatch.setattr(journaling, "RETRY_PAUSES", (0.05,))

@@ -18,8 +18,6 @@ import grpc
 import pytest
 from grpc_status import rpc_status
 
-from service.journal import commit
-from service.operations import journaling
 from service.proto.wagateway.privacy.v1 import privacy_service_pb2 as pb
 from service.sessions.simulated import SentStanza
 from service.settings import Field, Settings
@@ -187,14 +185,12 @@ async def _a_failed_update_from(
 
 @pytest.mark.parametrize("edge", ["unary", "stream"])
 async def test_a_lock_held_before_an_update_refuses_it_and_sends_nothing(
-    slow_gateway: Harness, edge: str, monkeypatch: pytest.MonkeyPatch
+    slow_gateway: Harness, edge: str, impatient_journal: None
 ) -> None:
     """Another process locks the journal before the update's first write (its plan): the
     caller is told the journal cannot record updates, no stanza goes out, and the journal
     holds no operation; once the lock is let go, the instance takes updates again."""
     gateway = slow_gateway
-    monkeypatch.setattr(commit, "BUSY_PATIENCE_SECONDS", 0.2)
-    monkeypatch.setattr(journaling, "RETRY_PAUSES", (0.05,))
     session = gateway.session()
     before = session.server_settings
     lock = JournalLock(_journal_path(gateway))
@@ -298,11 +294,9 @@ async def _probe_while_pending(
 
 @pytest.mark.parametrize("applied", range(1, len(FIELDS) + 1))
 async def test_a_lock_held_past_patience_stops_the_update_until_it_is_let_go(
-    slow_gateway: Harness, applied: int, monkeypatch: pytest.MonkeyPatch
+    slow_gateway: Harness, applied: int, impatient_journal: None
 ) -> None:
     gateway = slow_gateway
-    monkeypatch.setattr(commit, "BUSY_PATIENCE_SECONDS", 0.2)
-    monkeypatch.setattr(journaling, "RETRY_PAUSES", (0.05,))
     session = gateway.session()
     lock = JournalLock(_journal_path(gateway))
     call = _stream(gateway, FIVE_CHANGES)

@@ -18,8 +18,6 @@ from typing import Any
 import pytest
 
 from service.http.body import settings_json
-from service.journal import commit
-from service.operations import journaling
 from tests.helpers.faults import JournalLock, SmallFilesystem
 from tests.helpers.harness import Harness
 from tests.helpers.operations import _defaults_plus, _sets
@@ -160,11 +158,9 @@ async def test_a_full_disk_mid_update_names_the_live_fields_in_the_envelope(
 
 @pytest.mark.parametrize("applied", [2, len(FIELDS)])
 async def test_a_lock_held_past_patience_names_the_live_fields_in_the_envelope(
-    slow_rest_journal: Rest, applied: int, monkeypatch: pytest.MonkeyPatch
+    slow_rest_journal: Rest, applied: int, impatient_journal: None
 ) -> None:
     rest = slow_rest_journal
-    monkeypatch.setattr(commit, "BUSY_PATIENCE_SECONDS", 0.2)
-    monkeypatch.setattr(journaling, "RETRY_PAUSES", (0.05,))
     session = rest.harness.session()
     lock = JournalLock(rest.harness.gateway.operations.journal.path)
     await lock.start()

@@ -145,11 +145,7 @@ class Link:
                 # Returned on its own (a failed dial, a store that would not open): neonize left
                 # its client, stop signal and event channel in its maps (main.go:613-654), and
                 # only Stop deletes them (586-605). Nothing reads them for this id any more.
-                self._stopping = True
-                stopping = asyncio.ensure_future(
-                    self._blocking.run(self._ffi.stop, self.session_id)
-                )
-                stopping.add_done_callback(_log_failure)
+                self._call_stop()
             _settle(self.finished)
         elif kind != "log":
             self._enter(Phase.LIVE)  # events come from CallbackFunction only
@@ -181,10 +177,13 @@ class Link:
         else:
             self._send_stop(returns=True)
 
-    def _send_stop(self, *, returns: bool) -> None:
+    def _call_stop(self) -> None:
         self._stopping = True
         stopping = asyncio.ensure_future(self._blocking.run(self._ffi.stop, self.session_id))
         stopping.add_done_callback(_log_failure)
+
+    def _send_stop(self, *, returns: bool) -> None:
+        self._call_stop()
         if not returns:
             _settle(self.finished)
             return
